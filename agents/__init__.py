@@ -1,0 +1,1 @@
+"""Decision-makers inside the graphs: inspector, questioner, rewriter, users."""

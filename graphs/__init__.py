@@ -1,0 +1,1 @@
+"""LangGraph state machines: THI (online) and RDA (offline), with their CLIs."""

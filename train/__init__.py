@@ -1,0 +1,1 @@
+"""Fine-tuning open_clip (and the offline MLLM's models) on any supported dataset."""
