@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -41,6 +42,7 @@ FORMATS: dict[str, dict[str, str]] = {
 FORMAT_NAMES: tuple[str, ...] = tuple(FORMATS)
 _STANDARD_FIELDS = {"id", "split", "captions", "file_path", "img_path", "processed_tokens"}
 MISSING_EXAMPLES = 5
+_CAMERA = re.compile(r"^\d+_c(\d+)[_s.]")
 
 
 class DatasetError(ValueError):
@@ -57,6 +59,7 @@ class Record:
     captions: tuple[str, ...]
     split: str
     extra: Mapping[str, Any] = field(default_factory=dict)
+    camera: int | None = None  # parsed from names like 0000_c14_0031.jpg where the layout has it
 
     @property
     def image_id(self) -> str:
@@ -140,8 +143,9 @@ def _parse_record(raw: Any, index: int, path: Path, path_field: str, image_root:
     if not isinstance(split, str):
         raise DatasetError(f"{where}: 'split' must be a string")
     extra = {k: v for k, v in raw.items() if k not in _STANDARD_FIELDS}
+    cam = _CAMERA.search(Path(rel).name)
     return Record(pid=int(pid), image=rel, image_path=(image_root / rel).resolve(), captions=tuple(captions),
-                  split=split, extra=extra)
+                  split=split, extra=extra, camera=int(cam.group(1)) if cam else None)
 
 
 def read_dataset(root: str | Path, format: str = "auto", skip_missing: bool = False,

@@ -1,0 +1,56 @@
+"""The questioner: which human-attribute questions to ask.
+
+* Paper: the fixed 15-question questionnaire (every slot of ``tools.attributes``), once.
+* Adaptive (ours): the slots on which the current top candidates disagree most (mutual
+  information from ``tools.probe.AttributeProbe``), skipping what the query already states and what
+  was already asked. Disagreement is what makes an answer able to reorder the candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from tools.attributes import PAPER_QUESTIONNAIRE, SLOT_NAMES
+
+#: When the probe has no opinion, ask about what tells people apart most often.
+FALLBACK_ORDER: tuple[str, ...] = ("upper_color", "lower_color", "upper_type", "lower_type", "gender", "hair_length",
+                                   "hair_color", "shoes_color", "backpack", "bag", "hat", "pattern", "shoes_type",
+                                   "sleeve_length", "eyewear", "hand_object", "scarf", "belt")
+
+
+def paper_questions() -> list[str]:
+    """Every slot of the paper's questionnaire, in its order."""
+    return [s for group in PAPER_QUESTIONNAIRE for s in group]
+
+
+@dataclass
+class AdaptiveQuestioner:
+    """Pick up to ``per_round`` slots where the candidates disagree."""
+
+    disagreement: Callable[[Sequence[str]], Mapping[str, float]]
+    per_round: int = 3
+    min_disagreement: float = 0.02
+
+    def choose(self, known: Mapping[str, str], asked: Sequence[str]) -> list[str]:
+        open_slots = [s for s in FALLBACK_ORDER if s not in known and s not in asked]
+        if not open_slots:
+            return []
+        scores = dict(self.disagreement(open_slots))
+        ranked = sorted(open_slots, key=lambda s: (-scores.get(s, 0.0), FALLBACK_ORDER.index(s)))
+        picked = [s for s in ranked if scores.get(s, 0.0) >= self.min_disagreement][: self.per_round]
+        return picked
+
+
+def with_items(slots: Sequence[str]) -> list[str]:
+    """Add the item slot to a colour question ("what colour is the hat?" needs "is there a hat?")."""
+    from tools.attributes import COLOR_PARENT
+
+    out: list[str] = []
+    for s in slots:
+        parent = COLOR_PARENT.get(s)
+        if parent and parent not in out and parent not in slots:
+            out.append(parent)
+        if s not in out:
+            out.append(s)
+    return [s for s in SLOT_NAMES if s in out]

@@ -1,0 +1,106 @@
+"""THI configuration (plain values) and runtime context (models, gallery, MLLM, user)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from tools.embedder import Embedder
+from tools.gallery import Gallery
+from tools.mllm.base import MLLM, ImageRef
+from tools.probe import AttributeProbe
+
+Policy = Literal["paper", "adaptive"]
+
+
+@dataclass(frozen=True)
+class THIConfig:
+    """Knobs of the THI loop. Paper defaults from ICL (xi 0.50, lambda 0.8, top-5, 5 rounds)."""
+
+    policy: Policy = "adaptive"
+    k: int = 10  # top-k shown, traced and used for convergence
+    rounds: int = 5  # the loop's own round limit
+    xi: float = 0.50  # paper: gate on the query's top-1 similarity
+    lam: float = 0.8  # fusion weight of the original similarity
+    depth: int = 5  # paper: candidates walked, one per round
+    verify_per_round: int = 3  # adaptive
+    verify_window: int = 5  # adaptive: how deep in the current ranking to look for unverified candidates
+    verify_budget: int = 5  # adaptive: verifications per query at most (the paper's worst case is 5)
+    questions_per_round: int = 3  # adaptive, with a user: questions per round
+    anchor_questions: int = 8  # adaptive, without a user: questions asked of the anchor (once)
+    lam_user: float = 0.5  # adaptive, with a user: fusion weight of the original similarity
+    verify_weight: float = 0.1  # adaptive: score added (yes) / removed (no, times confidence) after an anchor
+    min_yes_confidence: float = 0.5  # adaptive: a "yes" below this does not make an anchor
+    shortlist: int = 100  # candidates kept in the state
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("paper", "adaptive"):
+            raise ValueError(f"policy must be 'paper' or 'adaptive', not {self.policy!r}")
+        if self.k < 1 or self.rounds < 1 or self.shortlist < self.k:
+            raise ValueError("k and rounds must be >= 1 and shortlist >= k")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError("lam must be within [0, 1]")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class GalleryIndex:
+    """The gallery's embeddings in memory for exact scoring, with a text-embedding cache."""
+
+    def __init__(self, gallery: Gallery, embedder: Embedder, cache_size: int = 4096):
+        self.gallery = gallery
+        self.embedder = embedder
+        self.ids, self.embeddings, self.metadatas = gallery.embeddings()
+        self.position = {i: n for n, i in enumerate(self.ids)}
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        if self.embeddings.shape[1] != embedder.dim:
+            raise ValueError(f"gallery {gallery.name} holds {self.embeddings.shape[1]}-d embeddings but the model "
+                             f"{embedder.name} makes {embedder.dim}-d ones; re-index the gallery with this model")
+
+    def encode(self, text: str) -> np.ndarray:
+        hit = self._text_cache.get(text)
+        if hit is None:
+            hit = self.embedder.encode_texts([text], progress=False)[0]
+            self._text_cache[text] = hit
+            if len(self._text_cache) > self._cache_size:
+                self._text_cache.popitem(last=False)
+        else:
+            self._text_cache.move_to_end(text)
+        return hit
+
+    def scores(self, text: str) -> np.ndarray:
+        return self.embeddings @ self.encode(text)
+
+    def image(self, image_id: str) -> ImageRef:
+        meta = self.metadatas[self.position[image_id]]
+        return ImageRef(image_id, Path(meta["path"]))
+
+    def pid(self, image_id: str) -> int | None:
+        return self.metadatas[self.position[image_id]].get("pid")
+
+    @cached_property
+    def probe(self) -> AttributeProbe:
+        return AttributeProbe(self.embedder)
+
+    def disagreement(self, ids: list[str], slots: list[str]) -> dict[str, float]:
+        emb = self.embeddings[[self.position[i] for i in ids]]
+        return self.probe.disagreement(emb, slots)
+
+
+@dataclass
+class THIContext:
+    """What the THI graph's nodes use, given at ``invoke(..., context=THIContext(...))``."""
+
+    index: GalleryIndex
+    mllm: MLLM
+    config: THIConfig = field(default_factory=THIConfig)
+    user: Any = None  # None, agents.users.SimulatedUser or agents.users.HumanUser
+    target_pid: int | None = None  # when known (benchmarks): traced as the target's rank
+    allowed: set[str] | None = None  # a metadata filter's matches: only these images are ranked

@@ -1,0 +1,380 @@
+"""THI: test-time human-centered interaction, as a LangGraph state machine.
+
+retrieve -> inspect -> ask -> rewrite -> re_retrieve -> converge -> (inspect | END)
+
+* ``paper`` policy: ICL's algorithm: round r verifies the r-th candidate of the original ranking
+  (yes/no), the xi gate on the top-1 similarity decides whether a "yes" becomes the anchor, the
+  anchor answers the fixed questionnaire, the answers are merged into the query, and the final
+  score is ``lam * original + (1 - lam) * new`` with the anchor's new similarity set to 1. A query
+  is refined at most once; the loop stops as soon as no later round could accept an anchor (the
+  paper's remaining rounds would change nothing).
+* ``adaptive`` policy (ours): several candidates of the *current* ranking verified per round,
+  questions chosen where the top candidates disagree, refinement across rounds, verified
+  candidates moved up (match) or down (contradiction) once an anchor exists, and a stop when the
+  top-k no longer changes, nothing new was learned, or the round limit is hit. A query whose anchor
+  check fails keeps its original ranking exactly.
+
+The graph has its own round limit (``THIConfig.rounds``); it never relies on LangGraph's recursion
+limit. Models, gallery and MLLM come through the runtime context (:class:`graphs.config.THIContext`).
+
+>>> graph = build_graph()
+>>> result = graph.invoke({"query": "a woman in a red coat"}, context=THIContext(index, OfflineMLLM()))  # doctest: +SKIP
+>>> result["ranking"][:3], result["stopped_because"]                                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+
+from agents.inspector import AdaptiveInspector, PaperInspector
+from agents.questioner import AdaptiveQuestioner, paper_questions, with_items
+from agents.rewriter import Rewriter
+from agents.users import HumanUser, question_payload, read_human_answers
+from tools.attributes import SLOTS
+from tools.mllm.base import Answer, MLLMError
+from tools.mllm.parser import parse
+
+from .config import THIConfig, THIContext
+from .state import Candidate, Inspection, QA, RoundRecord, THIState
+
+log = logging.getLogger(__name__)
+
+#: Stop reasons (the ``stopped_because`` values).
+CONVERGED = "converged: the top-k did not change"
+NOTHING_NEW = "nothing new was learned"
+ROUND_LIMIT = "round limit reached"
+NO_ANCHOR = "no anchor: no candidate passed verification; the original ranking is kept"
+REFINED_ONCE = "refined once (paper: each query is refined at most once)"
+USER_FINISHED = "the user finished"
+GATE_CLOSED = "no anchor: the xi gate admits no later candidate; the original ranking is kept"
+
+
+# -------------------------------------------------------------------------------------------
+# scoring
+
+
+def _top(scores: np.ndarray, ids: list[str], n: int) -> list[Candidate]:
+    n = min(n, int(np.isfinite(scores).sum()))
+    if n == 0:
+        return []
+    part = np.argpartition(-scores, n - 1)[:n]
+    order = part[np.argsort(-scores[part], kind="stable")]
+    return [{"id": ids[i], "score": round(float(scores[i]), 6)} for i in order]
+
+
+def final_scores(state: THIState, ctx: THIContext) -> np.ndarray:
+    """Scores of every gallery image after the rounds recorded in ``state`` (recomputed from its
+    plain values, so a checkpointed dialogue and a benchmark get the same numbers). Images outside
+    the context's metadata filter score -inf."""
+    scores = _fused(state, ctx)
+    return _masked(scores, ctx)
+
+
+def _masked(scores: np.ndarray, ctx: THIContext) -> np.ndarray:
+    if ctx.allowed is None:
+        return scores
+    keep = np.fromiter((i in ctx.allowed for i in ctx.index.ids), bool, len(ctx.index.ids))
+    return np.where(keep, scores, -np.inf)
+
+
+def _fused(state: THIState, ctx: THIContext) -> np.ndarray:
+    idx, cfg = ctx.index, ctx.config
+    original = idx.scores(state["query"])
+    user_mode = ctx.user is not None
+    anchor = state.get("anchor")
+    refined = state.get("current_query", state["query"]) != state["query"]
+    if cfg.policy == "paper":
+        if anchor is None:
+            return original
+        new = idx.scores(state["current_query"]) if refined else original.copy()
+        new[idx.position[anchor]] = 1.0
+        return cfg.lam * original + (1 - cfg.lam) * new
+    if not user_mode and anchor is None:
+        return original  # a failed anchor check never changes the ranking
+    scores = original.copy()
+    if refined:
+        new = idx.scores(state["current_query"])
+        if anchor is not None and not user_mode:
+            new[idx.position[anchor]] = 1.0
+        lam = cfg.lam_user if user_mode else cfg.lam
+        scores = lam * original + (1 - lam) * new
+    elif anchor is not None and not user_mode:
+        scores[idx.position[anchor]] = cfg.lam * original[idx.position[anchor]] + (1 - cfg.lam)
+    for image_id, v in (state.get("verified") or {}).items():
+        if v.get("match") is None:
+            continue
+        delta = cfg.verify_weight if v["match"] else -cfg.verify_weight * float(v["confidence"])
+        scores[idx.position[image_id]] += delta
+    return scores
+
+
+def _target_rank(scores: np.ndarray, ctx: THIContext) -> int | None:
+    if ctx.target_pid is None:
+        return None
+    pids = np.asarray([m.get("pid", -1) for m in ctx.index.metadatas])
+    hit = pids == ctx.target_pid
+    if not hit.any():
+        return None
+    return int((scores > scores[hit].max()).sum()) + 1
+
+
+# -------------------------------------------------------------------------------------------
+# nodes
+
+
+def retrieve(state: THIState, runtime: Runtime[THIContext]) -> dict:
+    ctx = runtime.context
+    query = state["query"]
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("the query is empty")
+    scores = _masked(ctx.index.scores(query), ctx)
+    ranking = _top(scores, ctx.index.ids, ctx.config.shortlist)
+    if not ranking:
+        raise ValueError("no gallery image matches the metadata filter")
+    truncated = ctx.index.embedder.truncated_part(query)
+    if truncated:
+        log.warning("the query exceeds the %d-token budget; the encoder does not see: %r",
+                    ctx.index.embedder.token_budget, truncated)
+    return {"current_query": query, "round": 0, "original_ranking": ranking, "ranking": ranking,
+            "top1_similarity": ranking[0]["score"], "verified": {}, "anchor": None, "facts": {},
+            "stated": parse(query).constraints, "asked": [], "rounds": [], "truncated": truncated,
+            "finished_by_user": False, "pending": {}}
+
+
+def _verify(ctx: THIContext, image_id: str, rank: int, text: str) -> Inspection:
+    try:
+        v = ctx.mllm.verify(ctx.index.image(image_id), text)
+        return {"id": image_id, "rank": rank, "match": bool(v.match), "confidence": round(float(v.confidence), 4),
+                "reason": v.reason, "cached": bool(v.cached)}
+    except MLLMError as e:
+        return {"id": image_id, "rank": rank, "match": None, "confidence": 0.0,
+                "reason": f"skipped: {e.kind}: {e}", "cached": False}
+
+
+def inspect(state: THIState, runtime: Runtime[THIContext]) -> dict:
+    ctx, cfg = runtime.context, runtime.context.config
+    round_no = state["round"] + 1
+    pending: dict[str, Any] = {"round": round_no, "t0": time.perf_counter(), "calls0": ctx.mllm.stats.total_calls,
+                               "query": state["current_query"], "inspected": [], "notes": [], "new_anchor": False}
+    verified = dict(state["verified"])
+    anchor = state["anchor"]
+    if cfg.policy == "paper":
+        inspector = PaperInspector(cfg.xi, cfg.depth)
+        ids = [c["id"] for c in state["original_ranking"]]
+        cand = inspector.candidate(ids, round_no)
+        if cand is not None:
+            ins = _verify(ctx, cand, round_no, state["query"])
+            pending["inspected"].append(ins)
+            earlier = [r["inspected"][0]["match"] is True for r in state["rounds"] if r["inspected"]]
+            if ins["match"] is None:
+                pending["notes"].append(f"verification of {cand} skipped ({ins['reason']})")
+            elif inspector.accepts(round_no, ins["match"], state["top1_similarity"], earlier):
+                anchor = cand
+                pending["new_anchor"] = True
+            verified[cand] = {"match": ins["match"], "confidence": ins["confidence"], "query": state["query"]}
+    else:
+        inspector = AdaptiveInspector(cfg.verify_per_round, cfg.verify_window, cfg.min_yes_confidence)
+        text = state["current_query"] if ctx.user is not None else state["query"]
+        current = {i: v for i, v in verified.items() if v.get("query") == text}
+        ranking_ids = [c["id"] for c in state["ranking"]]
+        budget = max(0, cfg.verify_budget - sum(len(r["inspected"]) for r in state["rounds"]))
+        for image_id in inspector.candidates(ranking_ids, current)[:budget]:
+            ins = _verify(ctx, image_id, ranking_ids.index(image_id) + 1, text)
+            pending["inspected"].append(ins)
+            if ins["match"] is None:
+                pending["notes"].append(f"verification of {image_id} skipped ({ins['reason']})")
+                continue
+            verified[image_id] = {"match": ins["match"], "confidence": ins["confidence"], "query": text}
+        if anchor is None:
+            current = {i: v for i, v in verified.items() if v.get("query") == text}
+            anchor = inspector.anchor(ranking_ids, current)
+            pending["new_anchor"] = anchor is not None
+    return {"round": round_no, "pending": pending, "verified": verified, "anchor": anchor}
+
+
+def _choose_questions(state: THIState, ctx: THIContext) -> list[str]:
+    cfg = ctx.config
+    if cfg.policy == "paper":
+        return paper_questions() if state["pending"].get("new_anchor") else []
+    if ctx.user is None:
+        # Without a user every answer describes the anchor: ask once, when it is found.
+        if not state["pending"].get("new_anchor"):
+            return []
+        per_round = cfg.anchor_questions
+    else:
+        per_round = cfg.questions_per_round
+    known = {**state["stated"], **state["facts"]}
+    top_ids = [c["id"] for c in state["ranking"][: cfg.k]]
+    questioner = AdaptiveQuestioner(lambda slots: ctx.index.disagreement(top_ids, list(slots)), per_round)
+    return with_items(questioner.choose(known, state["asked"]))
+
+
+def ask(state: THIState, runtime: Runtime[THIContext]) -> dict:
+    ctx = runtime.context
+    pending = dict(state["pending"])
+    slots = _choose_questions(state, ctx)
+    pending["questions"] = slots
+    answers: list[Answer] = []
+    finished = False
+    if slots:
+        if isinstance(ctx.user, HumanUser):
+            top = [{"rank": n + 1, **c, "path": str(ctx.index.image(c["id"]).path)}
+                   for n, c in enumerate(state["ranking"][: ctx.config.k])]
+            reply = interrupt(question_payload(pending["round"], state["current_query"], slots, top))
+            answers, finished = read_human_answers(slots, reply)
+            source = "human"
+        elif ctx.user is not None:
+            try:
+                answers = ctx.user.answer(slots)
+            except MLLMError as e:
+                pending["notes"].append(f"the simulated user could not answer ({e.kind}: {e})")
+            source = "simulated user"
+        else:
+            anchor = state["anchor"]
+            try:
+                answers = ctx.mllm.ask(ctx.index.image(anchor), slots)
+            except MLLMError as e:
+                pending["notes"].append(f"questions about {anchor} skipped ({e.kind}: {e})")
+            source = f"mllm:{ctx.mllm.name} on {anchor}"
+    by_slot = {a.slot: a for a in answers}
+    qa: list[QA] = [{"slot": s, "question": SLOTS[s].question, "value": by_slot[s].value if s in by_slot else None,
+                     "source": source} for s in slots]
+    facts = dict(state["facts"])
+    new = []
+    for a in answers:
+        if a.value is not None and a.slot not in state["stated"] and facts.get(a.slot) != a.value:
+            facts[a.slot] = a.value
+            new.append(a.slot)
+    pending["answers"] = qa
+    pending["new_facts"] = new
+    return {"pending": pending, "facts": facts, "asked": list(state["asked"]) + [s for s in slots if s not in state["asked"]],
+            "finished_by_user": finished}
+
+
+def rewrite(state: THIState, runtime: Runtime[THIContext]) -> dict:
+    ctx = runtime.context
+    pending = dict(state["pending"])
+    if not pending.get("new_facts"):
+        pending["rewritten_query"] = None
+        return {"pending": pending}
+    emb = ctx.index.embedder
+    rewriter = Rewriter(ctx.mllm.merge, emb.count_tokens, emb.token_budget, emb.truncated_part)
+    facts = [Answer(s, v, 1.0, v) for s, v in state["facts"].items()]
+    try:
+        result = rewriter(state["query"], facts)
+    except MLLMError as e:
+        pending["notes"].append(f"merge skipped ({e.kind}: {e}); the query is unchanged")
+        pending["rewritten_query"] = None
+        return {"pending": pending}
+    if result.truncated:
+        pending["notes"].append(f"the query alone fills the token budget; not added: facts; unseen words: {result.truncated!r}")
+    dropped = [s for s in state["facts"] if s not in result.added and s not in state["stated"]]
+    if dropped:
+        pending["notes"].append(f"facts left out to fit {emb.token_budget} tokens: {', '.join(dropped)}")
+    pending["rewritten_query"] = result.text if result.text != state["current_query"] else None
+    return {"pending": pending, "current_query": result.text}
+
+
+def re_retrieve(state: THIState, runtime: Runtime[THIContext]) -> dict:
+    ctx = runtime.context
+    scores = final_scores(state, ctx)
+    pending = dict(state["pending"])
+    pending["target_rank"] = _target_rank(scores, ctx)
+    return {"ranking": _top(scores, ctx.index.ids, ctx.config.shortlist), "pending": pending}
+
+
+def converge(state: THIState, runtime: Runtime[THIContext]) -> dict:
+    ctx, cfg = runtime.context, runtime.context.config
+    p = state["pending"]
+    rounds = list(state["rounds"])
+    before = rounds[-1]["topk"] if rounds else state["original_ranking"][: cfg.k]
+    topk = state["ranking"][: cfg.k]
+    record: RoundRecord = {
+        "round": p["round"], "query": p["query"], "inspected": p["inspected"], "anchor": state["anchor"],
+        "questions": p.get("questions", []), "answers": p.get("answers", []),
+        "rewritten_query": p.get("rewritten_query"), "topk": topk, "target_rank": p.get("target_rank"),
+        "mllm_calls": ctx.mllm.stats.total_calls - p["calls0"],
+        "ms": round((time.perf_counter() - p["t0"]) * 1000, 2), "notes": p["notes"]}
+    rounds.append(record)
+    stop = None
+    if cfg.policy == "paper":
+        earlier = [r["inspected"][0]["match"] is True for r in rounds if r["inspected"]]
+        if state["anchor"] is not None:
+            stop = REFINED_ONCE
+        elif not PaperInspector(cfg.xi, cfg.depth).can_still_accept(p["round"], state["top1_similarity"], earlier):
+            stop = GATE_CLOSED if p["round"] < min(cfg.depth, cfg.rounds) else NO_ANCHOR
+    else:
+        same_top = [c["id"] for c in topk] == [c["id"] for c in before]
+        learned = bool(p.get("new_facts")) or bool(p["inspected"])
+        if state.get("finished_by_user"):
+            stop = USER_FINISHED
+        elif state["anchor"] is None and ctx.user is None:
+            stop = NO_ANCHOR if p["round"] >= cfg.rounds or not p["inspected"] else None
+        elif not learned:
+            stop = NOTHING_NEW
+        elif same_top and not p.get("new_facts") and p["round"] > 1:
+            stop = CONVERGED
+    if stop is None and p["round"] >= cfg.rounds:
+        stop = NO_ANCHOR if state["anchor"] is None and ctx.user is None else ROUND_LIMIT
+    out: dict = {"rounds": rounds, "pending": {}}
+    if stop:
+        out["stopped_because"] = stop
+    return out
+
+
+def _after_inspect(state: THIState, runtime: Runtime[THIContext]) -> str:
+    cfg = runtime.context.config
+    if cfg.policy == "paper" and not state["pending"].get("new_anchor"):
+        return "converge"
+    if cfg.policy == "adaptive" and state["anchor"] is None and runtime.context.user is None:
+        return "converge"
+    return "ask"
+
+
+def _after_converge(state: THIState) -> str:
+    return END if state.get("stopped_because") else "inspect"
+
+
+def build_graph(checkpointer=None):
+    """The compiled THI graph (pass a checkpointer for interactive mode or resumable dialogues)."""
+    g = StateGraph(THIState, context_schema=THIContext)
+    g.add_node("retrieve", retrieve)
+    g.add_node("inspect", inspect)
+    g.add_node("ask", ask)
+    g.add_node("rewrite", rewrite)
+    g.add_node("re_retrieve", re_retrieve)
+    g.add_node("converge", converge)
+    g.add_edge(START, "retrieve")
+    g.add_edge("retrieve", "inspect")
+    g.add_conditional_edges("inspect", _after_inspect, ["ask", "converge"])
+    g.add_edge("ask", "rewrite")
+    g.add_edge("rewrite", "re_retrieve")
+    g.add_edge("re_retrieve", "converge")
+    g.add_conditional_edges("converge", _after_converge, ["inspect", END])
+    return g.compile(checkpointer=checkpointer)
+
+
+def recursion_limit(cfg: THIConfig) -> int:
+    """Enough LangGraph steps for ``cfg.rounds`` rounds (the graph stops itself before this)."""
+    return 6 * cfg.rounds + 10
+
+
+def run(query: str, ctx: THIContext, graph=None) -> THIState:
+    """Run THI to the end (no interrupts) and return the final state."""
+    graph = graph or build_graph()
+    return graph.invoke({"query": query}, context=ctx, config={"recursion_limit": recursion_limit(ctx.config)})
+
+
+if __name__ == "__main__":
+    import sys
+
+    from graphs.cli import main
+
+    sys.exit(main())

@@ -1,0 +1,220 @@
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from langgraph.types import Command
+
+from agents.users import HumanUser, SimulatedUser
+from graphs.cli import main as thi_main
+from graphs.config import GalleryIndex, THIConfig, THIContext
+from graphs.thi import (GATE_CLOSED, NO_ANCHOR, REFINED_ONCE, USER_FINISHED, build_graph, final_scores,
+                        recursion_limit, run)
+from tools.embedder import Embedder
+from tools.gallery import Gallery, items_for
+from tools.mllm.base import MLLM, Answer, MLLMError, Verdict
+from tools.mllm.oracle import OracleMLLM
+
+from .helpers import tiny_model_dir
+
+
+class ScriptedMLLM(MLLM):
+    """Verdicts from a script (by call order); answers: a fixed value per slot."""
+
+    name = "scripted"
+
+    def __init__(self, verdicts, answers=None, fail=None):
+        super().__init__(cache=False)
+        self.verdicts = list(verdicts)
+        self.answers = answers or {"upper_color": "red", "hat": "cap", "backpack": "backpack"}
+        self.fail = fail
+        self.verified_ids = []
+
+    def _verify(self, image, text):
+        self.verified_ids.append(image.id)
+        if self.fail == "verify":
+            raise MLLMError("took too long", kind="timeout")
+        match = self.verdicts.pop(0) if self.verdicts else False
+        return Verdict(match, 0.9, "scripted")
+
+    def _ask(self, image, slots):
+        if self.fail == "ask":
+            raise MLLMError("banana", kind="unparseable")
+        return [Answer(s, self.answers.get(s), 1.0, str(self.answers.get(s))) for s in slots]
+
+
+@pytest.fixture(scope="module")
+def setup(small_world, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("thi")
+    emb = Embedder(f"local-dir:{tiny_model_dir(tmp)}", device="cpu")
+    name, items = items_for(small_world, "test")
+    g = Gallery.open(name, emb, data_dir=tmp / "db")
+    g.index(items, emb, progress=False)
+    return {"index": GalleryIndex(g, emb), "world": small_world, "db": tmp / "db", "model": f"local-dir:{tmp / 'tiny-model-0'}"}
+
+
+QUERY = "A man with short black hair in a blue jacket and grey trousers, carrying a black backpack."
+
+
+def test_paper_round_one_anchor_refines_once_and_fuses(setup):
+    idx = setup["index"]
+    mllm = ScriptedMLLM([True])
+    cfg = THIConfig(policy="paper", xi=-1.0)  # the top-1 similarity is always above the gate
+    state = run(QUERY, THIContext(idx, mllm, cfg))
+    top1 = state["original_ranking"][0]["id"]
+    assert state["anchor"] == top1 and state["stopped_because"] == REFINED_ONCE
+    assert len(state["rounds"]) == 1 and mllm.stats.calls["verify"] == 1
+    assert state["rounds"][0]["questions"] == [s for s in state["rounds"][0]["questions"]]  # the questionnaire
+    assert len(state["rounds"][0]["questions"]) == 26 and mllm.stats.calls["ask"] == 1
+    # final = lam * original + (1 - lam) * new, with the anchor's new similarity set to 1
+    orig = idx.scores(QUERY)
+    new = idx.scores(state["current_query"])
+    expected = 0.8 * orig + 0.2 * new
+    expected[idx.position[top1]] = 0.8 * orig[idx.position[top1]] + 0.2
+    assert np.allclose(final_scores(state, THIContext(idx, mllm, cfg)), expected, atol=1e-6)
+    assert state["current_query"].startswith(QUERY)
+
+
+def test_paper_gate_below_xi_accepts_a_later_candidate(setup):
+    idx = setup["index"]
+    cfg = THIConfig(policy="paper", xi=2.0)  # the top-1 similarity is always at most the gate
+    mllm = ScriptedMLLM([False, True])
+    state = run(QUERY, THIContext(idx, mllm, cfg))
+    assert state["anchor"] == state["original_ranking"][1]["id"] and len(state["rounds"]) == 2
+    # a "yes" in round 1 below the gate is refused, and it closes the gate for later rounds
+    mllm = ScriptedMLLM([True, True])
+    state = run(QUERY, THIContext(idx, mllm, cfg))
+    assert state["anchor"] is None and state["stopped_because"] == GATE_CLOSED
+    assert mllm.stats.calls["verify"] == 1
+    assert state["ranking"] == state["original_ranking"]
+
+
+def test_paper_walks_at_most_five_candidates(setup):
+    mllm = ScriptedMLLM([False] * 9)
+    state = run(QUERY, THIContext(setup["index"], mllm, THIConfig(policy="paper", xi=2.0)))
+    assert mllm.verified_ids == [c["id"] for c in state["original_ranking"][:5]]
+    assert state["stopped_because"] == NO_ANCHOR
+
+
+def test_adaptive_failed_anchor_keeps_the_original_ranking(setup):
+    mllm = ScriptedMLLM([False] * 20)
+    cfg = THIConfig(policy="adaptive")
+    state = run(QUERY, THIContext(setup["index"], mllm, cfg))
+    assert state["anchor"] is None and state["stopped_because"] == NO_ANCHOR
+    assert state["ranking"] == state["original_ranking"]
+    assert mllm.stats.calls["verify"] <= cfg.verify_budget
+    assert np.array_equal(final_scores(state, THIContext(setup["index"], mllm, cfg)), setup["index"].scores(QUERY))
+
+
+def test_adaptive_anchor_adds_facts_and_moves_verified_candidates(setup):
+    idx = setup["index"]
+    mllm = ScriptedMLLM([False, True, True], answers={"hat": "cap", "hat_color": "red", "eyewear": "glasses",
+                                                      "upper_type": "jacket", "scarf": "scarf", "bag": "handbag",
+                                                      "bag_color": "pink", "hand_object": "phone", "belt": "belt",
+                                                      "pattern": "plain", "shoes_color": "white"})
+    cfg = THIConfig(policy="adaptive", rounds=3)
+    state = run(QUERY, THIContext(idx, mllm, cfg))
+    first = state["rounds"][0]
+    assert [i["match"] for i in first["inspected"]] == [False, True, True]
+    assert state["anchor"] == first["inspected"][1]["id"]
+    assert state["current_query"].startswith(QUERY) and state["current_query"] != QUERY
+    assert state["facts"] and all(s not in state["stated"] for s in state["facts"])
+    rejected = first["inspected"][0]["id"]
+    assert [c["id"] for c in state["ranking"]].index(rejected) > [c["id"] for c in state["ranking"]].index(state["anchor"])
+    assert len(state["rounds"]) <= cfg.rounds
+    for r in state["rounds"]:
+        assert set(r) >= {"round", "query", "anchor", "questions", "answers", "rewritten_query", "topk", "mllm_calls", "ms"}
+
+
+@pytest.mark.parametrize("fail", ["verify", "ask"])
+def test_mllm_failures_are_skipped_and_traced(setup, fail):
+    mllm = ScriptedMLLM([True, True, True], fail=fail)
+    state = run(QUERY, THIContext(setup["index"], mllm, THIConfig(policy="adaptive")))
+    notes = [n for r in state["rounds"] for n in r["notes"]]
+    assert any("skipped" in n for n in notes)
+    if fail == "verify":
+        assert state["ranking"] == state["original_ranking"]
+    else:
+        assert state["current_query"] == QUERY  # nothing learned, query unchanged
+
+
+def test_round_limit_is_the_graphs_own(setup):
+    mllm = OracleMLLM(setup["world"])
+    cfg = THIConfig(policy="adaptive", rounds=2)
+    target = setup["index"].ids[0]
+    user = SimulatedUser(mllm, setup["index"].image(target))
+    state = build_graph().invoke({"query": "a person"}, context=THIContext(setup["index"], mllm, cfg, user=user),
+                                 config={"recursion_limit": recursion_limit(cfg)})
+    assert len(state["rounds"]) <= 2 and state["stopped_because"]
+
+
+def test_empty_query_is_refused(setup):
+    with pytest.raises(ValueError, match="empty"):
+        run("   ", THIContext(setup["index"], ScriptedMLLM([]), THIConfig()))
+
+
+def test_long_query_runs_and_reports_truncation(setup):
+    long = QUERY + " " + " ".join(["She also wears a very long and detailed red coat with many buttons."] * 8) + " ENDWORD"
+    state = run(long, THIContext(setup["index"], ScriptedMLLM([False] * 9), THIConfig()))
+    assert state["truncated"].endswith("ENDWORD")
+
+
+def _interactive(setup, checkpointer):
+    graph = build_graph(checkpointer)
+    ctx = THIContext(setup["index"], OracleMLLM(setup["world"]), THIConfig(policy="adaptive", rounds=3), user=HumanUser())
+    return graph, ctx
+
+
+def test_interactive_answers_through_interrupt_and_resume(setup):
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    graph, ctx = _interactive(setup, InMemorySaver())
+    cfg = {"configurable": {"thread_id": "t1"}, "recursion_limit": 40}
+    out = graph.invoke({"query": "a woman"}, cfg, context=ctx)
+    payload = out["__interrupt__"][0].value
+    assert payload["type"] == "questions" and payload["questions"]
+    slots = [q["slot"] for q in payload["questions"]]
+    answers = {slots[0]: payload["questions"][0]["options"][-1]} | {s: "skip" for s in slots[1:]}
+    out = graph.invoke(Command(resume={"answers": answers, "finish": True}), cfg, context=ctx)
+    assert "__interrupt__" not in out
+    assert out["stopped_because"] == USER_FINISHED
+    assert out["facts"].get(slots[0]) == payload["questions"][0]["options"][-1] or out["facts"] == {}
+    assert out["rounds"][-1]["answers"][0]["source"] == "human"
+
+
+def test_interactive_dialogue_resumes_from_sqlite_in_a_new_graph(setup, tmp_path):
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    db = tmp_path / "dialogue.sqlite"
+    graph, ctx = _interactive(setup, SqliteSaver(sqlite3.connect(db, check_same_thread=False)))
+    cfg = {"configurable": {"thread_id": "abc"}, "recursion_limit": 40}
+    out = graph.invoke({"query": "a man in a blue jacket"}, cfg, context=ctx)
+    assert "__interrupt__" in out
+    # another process / UI picks the dialogue up from the file
+    graph2, _ = _interactive(setup, SqliteSaver(sqlite3.connect(db, check_same_thread=False)))
+    assert graph2.get_state(cfg).next == ("ask",)
+    out = graph2.invoke(Command(resume="skip"), cfg, context=ctx)
+    while "__interrupt__" in out:
+        out = graph2.invoke(Command(resume={"answers": {}, "finish": False}), cfg, context=ctx)
+    assert out["stopped_because"]
+
+
+def test_cli_json_trace_report_and_errors(setup, tmp_path, capsys):
+    base = ["--gallery", str(setup["world"]), "--model", setup["model"], "--data-dir", str(setup["db"]), "--mllm", "oracle"]
+    trace, report = tmp_path / "t.jsonl", tmp_path / "r.html"
+    assert thi_main(["--query", QUERY, "--json", "--trace", str(trace), "--report", str(report)] + base) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"query", "final_query", "rounds", "ranking", "stopped_because"}
+    assert out["ranking"] and set(out["ranking"][0]) == {"id", "score"}
+    lines = [json.loads(x) for x in trace.read_text().splitlines()]
+    assert len(lines) == len(out["rounds"]) and all("topk" in x and "mllm_calls" in x for x in lines)
+    assert "<img" in report.read_text()
+    assert thi_main(["--query", QUERY, "--policy", "paper", "--xi", "-1"] + base) == 0
+    text = capsys.readouterr().out
+    assert "round 1" in text and "final ranking" in text and "ORACLE" in text
+    assert thi_main(["--query", "  "] + base) == 2
+    assert "empty" in capsys.readouterr().err
+    # a gallery that was never indexed with this model: a clear error naming the fix
+    other = ["--gallery", str(setup["world"]), "--split", "train", "--model", setup["model"], "--data-dir", str(setup["db"])]
+    assert thi_main(["--query", QUERY] + other) == 1
+    assert "index" in capsys.readouterr().err

@@ -1,0 +1,127 @@
+"""A pedestrian attribute recogniser: the eyes of the offline MLLM.
+
+A small CNN, independent of the retrieval model, that reads a 128x256 pedestrian photo and gives,
+for every slot of ``tools.attributes``, a probability for each value plus one for *unseen* (not
+visible in this photo, or not applicable: the colour of a hat nobody wears). Trained by
+``python -m train.attributes`` on SynthPedes train annotations; its weights ship with the package.
+
+>>> rec = Recogniser.load()                          # the shipped weights
+>>> probs = rec.predict(["photo.jpg"])[0]           # doctest: +SKIP
+>>> probs["upper_color"]                             # doctest: +SKIP
+{'black': 0.01, ..., 'red': 0.93, ..., 'unseen': 0.0}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from tools.attributes import SLOT_NAMES, SLOTS
+from tools.embedder import ImageInput, load_pixels, pick_device
+
+log = logging.getLogger(__name__)
+
+UNSEEN = "unseen"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "recogniser.safetensors"
+INPUT_SIZE = (128, 64)  # height, width
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+
+
+def slot_classes(slot: str) -> list[str]:
+    """The classes of one slot's head: its values, then ``unseen``."""
+    return list(SLOTS[slot].values) + [UNSEEN]
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+class AttributeNet(nn.Module):
+    """CNN with a spatial (not pooled) head: where a colour is tells which garment it belongs to."""
+
+    def __init__(self, widths: Sequence[int] = (32, 64, 128, 192), hidden: int = 384,
+                 input_size: tuple[int, int] = INPUT_SIZE):
+        super().__init__()
+        layers, cin = [], 3
+        for w in widths:
+            layers.append(_block(cin, w))
+            cin = w
+        self.features = nn.Sequential(*layers)
+        cells = (input_size[0] // 2 ** len(widths)) * (input_size[1] // 2 ** len(widths))
+        self.neck = nn.Sequential(nn.Conv2d(cin, 64, 1), nn.ReLU(inplace=True), nn.Flatten(),
+                                  nn.Dropout(0.2), nn.Linear(64 * cells, hidden), nn.ReLU(inplace=True))
+        self.heads = nn.ModuleDict({s: nn.Linear(hidden, len(slot_classes(s))) for s in SLOT_NAMES})
+        self.config = {"widths": list(widths), "hidden": hidden, "input_size": list(input_size)}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.neck(self.features(x))
+        return {s: head(h) for s, head in self.heads.items()}
+
+
+def to_input(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> normalised float [N, 3, H, W]."""
+    t = torch.as_tensor(pixels)
+    if t.ndim == 3:
+        t = t[None]
+    t = t.permute(0, 3, 1, 2).float().div(255.0)
+    m = torch.tensor(MEAN).view(1, 3, 1, 1)
+    s = torch.tensor(STD).view(1, 3, 1, 1)
+    return (t - m) / s
+
+
+class Recogniser:
+    """Batched, cached attribute recognition with the shipped (or given) weights."""
+
+    def __init__(self, net: AttributeNet, device: str | torch.device | None = None):
+        self.device = pick_device(str(device) if device else None)
+        self.net = net.to(self.device).eval()
+        self.input_size = tuple(net.config["input_size"])
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_WEIGHTS, device: str | None = None) -> "Recogniser":
+        path = Path(path)
+        config_path = path.with_suffix(".json")
+        if not path.is_file() or not config_path.is_file():
+            raise FileNotFoundError(f"recogniser weights not found: {path} (+ {config_path.name}); "
+                                    f"train them with: python -m train.attributes SYNTHPEDES_DIR --out {path}")
+        config = json.loads(config_path.read_text())
+        net = AttributeNet(config["widths"], config["hidden"], tuple(config["input_size"]))
+        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+        net.load_state_dict(state)
+        return cls(net, device)
+
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        save_file(state, str(path))
+        path.with_suffix(".json").write_text(json.dumps({**self.net.config, **(extra or {})}, indent=2))
+
+    @torch.inference_mode()
+    def predict_pixels(self, pixels: np.ndarray) -> list[dict[str, dict[str, float]]]:
+        logits = self.net(to_input(pixels).to(self.device))
+        probs = {s: torch.softmax(v.float(), dim=-1).cpu().numpy() for s, v in logits.items()}
+        out = []
+        for i in range(len(pixels)):
+            out.append({s: dict(zip(slot_classes(s), probs[s][i].tolist())) for s in SLOT_NAMES})
+        return out
+
+    def predict(self, images: Sequence[ImageInput], batch_size: int = 64) -> list[dict[str, dict[str, float]]]:
+        """Per image: slot -> {value: probability, ..., "unseen": probability}."""
+        out: list = []
+        for i in range(0, len(images), batch_size):
+            batch = np.stack([load_pixels(im, self.input_size) for im in images[i:i + batch_size]])
+            out.extend(self.predict_pixels(batch))
+        return out
