@@ -34,7 +34,7 @@ class THIConfig:
     questions_per_round: int = 3  # adaptive, with a user: questions per round
     anchor_questions: int = 8  # adaptive, without a user: questions asked of the anchor (once)
     lam_user: float = 0.5  # adaptive, with a user: fusion weight of the original similarity
-    verify_weight: float = 0.1  # adaptive: score added (yes) / removed (no, times confidence) after an anchor
+    verify_weight: float = 0.1  # adaptive: a verified candidate moves by w * (2 p(match) - 1) once there is an anchor
     min_yes_confidence: float = 0.5  # adaptive: a "yes" below this does not make an anchor
     shortlist: int = 100  # candidates kept in the state
 

@@ -110,8 +110,9 @@ def _fused(state: THIState, ctx: THIContext) -> np.ndarray:
     for image_id, v in (state.get("verified") or {}).items():
         if v.get("match") is None:
             continue
-        delta = cfg.verify_weight if v["match"] else -cfg.verify_weight * float(v["confidence"])
-        scores[idx.position[image_id]] += delta
+        # move by the evidence: +w for a sure match, -w for a sure contradiction, ~0 when unsure
+        p_match = float(v["confidence"]) if v["match"] else 1.0 - float(v["confidence"])
+        scores[idx.position[image_id]] += cfg.verify_weight * (2.0 * p_match - 1.0)
     return scores
 
 

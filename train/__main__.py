@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="architecture: shipped name, open_clip name (e.g. ViT-B-16) or local-dir:PATH (default %(default)s)")
     p.add_argument("--init", metavar="TAG_OR_FILE", help="start from these weights (pretrained tag or checkpoint file)")
     p.add_argument("--scratch", action="store_true", help="random initialisation of the architecture")
+    p.add_argument("--pretrain-world", metavar="DIR",
+                   help="a separate SynthPedes world: pre-train the image tower on its attribute annotations first")
+    p.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -36,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
     p.add_argument("--init-logit-scale", type=float, default=d.init_logit_scale,
                    help="--scratch: initial logit scale, 1/temperature (default %(default)s)")
+    p.add_argument("--negative-weight", type=float, default=d.negative_weight,
+                   help="loss weight of hard negative captions (colour swaps...) (default %(default)s)")
+    p.add_argument("--attribute-weight", type=float, default=d.attribute_weight,
+                   help="weight of shared image/text attribute heads, labels parsed from the captions (default %(default)s)")
+    p.add_argument("--similar-batches", type=float, default=d.similar_batches,
+                   help="share of people batched with look-alikes (default %(default)s)")
     p.add_argument("--id-weight", type=float, default=d.id_weight, help="identity classification loss weight (0 = off)")
     p.add_argument("--rda-decay", type=float, default=d.rda_decay, help="RDA weight w = max(0.1, 1 - DECAY * epoch)")
     p.add_argument("--precision", default=d.precision, choices=("auto", "bf16", "fp32"))

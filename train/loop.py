@@ -27,7 +27,7 @@ from tqdm import tqdm
 from data.readers import read_dataset
 from tools.embedder import EmbedderError, load_clip, pick_device, shipped_models, encode_text
 
-from .losses import IdentityHead, identity_itc, sdm
+from .losses import AttributeHeads, IdentityHead, identity_itc, negatives_itc, sdm
 from .pairs import PairSet, augment, normalise
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,12 @@ class TrainConfig:
     sdm_weight: float = 1.0
     itc_weight: float = 1.0
     id_weight: float = 0.0
+    #: weight of the image-to-text loss against hard negative captions (swapped colours...); 0 = off
+    negative_weight: float = 0.0
+    #: weight of the shared attribute heads on image and text features (labels parsed from the captions); 0 = off
+    attribute_weight: float = 0.0
+    #: share of people batched with their look-alikes (hard negatives in the batch); 0 = random batches
+    similar_batches: float = 0.0
     max_logit_scale: float = 100.0
     #: initial 1/temperature for --scratch (open_clip's 1/0.07 learnt faster than IRRA's 1/0.02 in a 3-epoch A/B)
     init_logit_scale: float = 1 / 0.07
@@ -53,6 +59,9 @@ class TrainConfig:
     rda_start: float = 1.0
     rda_decay: float = 0.03
     rda_min: float = 0.1
+    #: a separate SynthPedes world whose attribute annotations pre-train the image tower (see train/pretrain.py)
+    pretrain_world: str | None = None
+    pretrain_epochs: int = 6
     seed: int = 0
     precision: str = "auto"  # auto (bf16 where the CPU/GPU has it), bf16, fp32
     val_split: str = "val"
@@ -183,7 +192,14 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
     with torch.no_grad():
         dim = int(clip.encode_text(train.tokens[:1].to(dev)).shape[-1])
     head = IdentityHead(dim, train.num_ids).to(dev) if cfg.id_weight > 0 else None
-    params = list(clip.parameters()) + (list(head.parameters()) if head else [])
+    attr_heads = None
+    if cfg.attribute_weight > 0:
+        from tools.attributes import SLOTS
+
+        attr_heads = AttributeHeads(dim, [len(SLOTS[s].values) for s in SLOTS]).to(dev)
+        train.caption_attributes()  # parse every caption once, before the clock of epoch 1
+    params = list(clip.parameters()) + (list(head.parameters()) if head else []) + \
+        (list(attr_heads.parameters()) if attr_heads else [])
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -192,25 +208,43 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     start_epoch, best, history, elapsed = 0, None, [], 0.0
+    pretrain_report = None
     if state_path.exists():
         state = torch.load(state_path, map_location=dev, weights_only=False)
         clip.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if head is not None and state.get("head"):
             head.load_state_dict(state["head"])
+        if attr_heads is not None and state.get("attr_heads"):
+            attr_heads.load_state_dict(state["attr_heads"])
         start_epoch, best, history, elapsed = state["epoch"] + 1, state["best"], state["history"], state["seconds"]
+        pretrain_report = state.get("pretrain")
         log.info("resuming %s after epoch %d", out, state["epoch"] + 1)
     (out / "train_config.json").write_text(json.dumps(run_identity, indent=2))
     config_json = model_config(model)
     autocast, precision = _autocast(dev, cfg.precision)
     log.info("precision %s on %s", precision, dev)
+    if cfg.pretrain_world and not state_path.exists():
+        from .pretrain import pretrain_visual
+
+        pretrain_report = pretrain_visual(clip.visual, cfg.pretrain_world, loaded.image_size, loaded.mean, loaded.std,
+                                          cfg.pretrain_epochs, cfg.batch_size, seed=cfg.seed, device=dev,
+                                          autocast=autocast, progress=progress, workers=cfg.workers,
+                                          forbidden=dataset_dir)
+        elapsed += pretrain_report["seconds"]
+        clip.train()
+        _atomic_write(state_path, lambda p: torch.save({
+            "model": clip.state_dict(), "optimizer": opt.state_dict(), "head": None, "attr_heads": None,
+            "epoch": -1, "best": None, "history": [], "seconds": elapsed, "pretrain": pretrain_report}, p))
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch])
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         losses = []
-        bar = tqdm(train.batches(cfg.batch_size, rng), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        batches = train.batches(cfg.batch_size, rng, similar=cfg.similar_batches, hard_negatives=cfg.negative_weight > 0,
+                                attributes=attr_heads is not None)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=not progress, mininterval=2.0)
         for i, batch in enumerate(bar):
             step = epoch * steps_per_epoch + i
@@ -222,16 +256,22 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
                 img = F.normalize(clip.encode_image(x).float(), dim=-1)
                 scale = clip.logit_scale.exp().clamp(max=cfg.max_logit_scale)
 
-                def base_loss(tokens: torch.Tensor) -> torch.Tensor:
+                def base_loss(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                     txt = F.normalize(encode_text(clip, tokens.to(dev)).float(), dim=-1)
                     value = cfg.sdm_weight * sdm(img, txt, pids, scale) + cfg.itc_weight * identity_itc(img, txt, pids, scale)
                     if head is not None:
                         value = value + cfg.id_weight * head(img, txt, batch.labels.to(dev))
-                    return value
+                    return value, txt
 
-                loss = base_loss(batch.tokens)
+                loss, txt = base_loss(batch.tokens)
+                if attr_heads is not None:
+                    loss = loss + cfg.attribute_weight * (attr_heads(img, batch.image_attrs.to(dev))
+                                                          + attr_heads(txt, batch.text_attrs.to(dev))) / 2
+                if batch.neg_tokens is not None:
+                    neg = F.normalize(encode_text(clip, batch.neg_tokens.to(dev)).float(), dim=-1)
+                    loss = loss + cfg.negative_weight * negatives_itc(img, txt, neg, pids, scale)
                 if batch.rda_tokens is not None:
-                    loss = loss + cfg.rda_weight(epoch) * base_loss(batch.rda_tokens)
+                    loss = loss + cfg.rda_weight(epoch) * base_loss(batch.rda_tokens)[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -240,7 +280,7 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
                 clip.logit_scale.clamp_(max=math.log(cfg.max_logit_scale))
             losses.append(float(loss.detach()))
             if i % 10 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", scale=f"{float(scale):.1f}")
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", scale=f"{float(scale.detach()):.1f}")
         bar.close()
         seconds = time.perf_counter() - t0
         elapsed += seconds
@@ -262,6 +302,8 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
             f.write(json.dumps(record) + "\n")
         _atomic_write(state_path, lambda p: torch.save({
             "model": clip.state_dict(), "optimizer": opt.state_dict(), "head": head.state_dict() if head else None,
-            "epoch": epoch, "best": best, "history": history, "seconds": elapsed}, p))
+            "attr_heads": attr_heads.state_dict() if attr_heads else None,
+            "epoch": epoch, "best": best, "history": history, "seconds": elapsed, "pretrain": pretrain_report}, p))
     return {"out": str(out), "epochs": cfg.epochs, "best": best, "seconds": round(elapsed, 1), "precision": precision,
-            "train_images": len(train), "train_ids": train.num_ids}
+            "train_images": len(train), "train_ids": train.num_ids,
+            "pretrain": {k: v for k, v in (pretrain_report or {}).items() if k != "history"} or None}

@@ -50,3 +50,38 @@ class IdentityHead(torch.nn.Module):
 
     def forward(self, image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return (F.cross_entropy(self.fc(image), labels) + F.cross_entropy(self.fc(text), labels)) / 2
+
+
+def negatives_itc(image: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor, pids: torch.Tensor,
+                  logit_scale: torch.Tensor) -> torch.Tensor:
+    """Image-to-text contrastive loss where each image also competes against hard negative
+    captions (texts that describe no image in the batch)."""
+    q = _match_distribution(pids)
+    logits = logit_scale * image @ torch.cat([text, negatives]).t()
+    target = torch.cat([q, torch.zeros_like(q)], dim=1)
+    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+class AttributeHeads(torch.nn.Module):
+    """Shared per-slot linear classifiers over image *and* text features.
+
+    Labels come from the captions themselves (``tools.mllm.parser`` reads what each caption
+    states), so this needs no annotation beyond the captions. Sharing one classifier between the two
+    towers makes them encode each attribute value along the same direction: both towers can learn
+    "black trousers" on their own, but without this they tend to learn it along different axes.
+    """
+
+    def __init__(self, dim: int, classes: list[int]):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(dim, n) for n in classes)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """labels: long [B, S], -1 where a slot is not stated."""
+        total, count = features.new_zeros(()), 0
+        for s, head in enumerate(self.heads):
+            mask = labels[:, s] >= 0
+            if mask.any():
+                # unit-norm features: scale them so the logits can grow fast enough
+                total = total + F.cross_entropy(head(10.0 * features[mask]), labels[mask, s], reduction="sum")
+                count += int(mask.sum())
+        return total / max(1, count)

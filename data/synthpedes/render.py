@@ -117,8 +117,10 @@ class Figure:
                                      "backpack_color", "bag_color", "hat_color")
                         if attrs.get(slot) not in (None, NONE)}
         self.hair = jitter(HAIR_RGB[attrs["hair_color"]], rng, 0.6)
-        swing = {"walking": 0.32, "running": 0.6, "standing": 0.04}[shot.action]
+        swing = {"walking": 0.34, "running": 0.62, "standing": 0.0}[shot.action]
         s = math.sin(2 * math.pi * shot.phase)
+        # a stride is never caught with the legs together: walking and running always show a step
+        s = math.copysign(0.6 + 0.4 * abs(s), s) if shot.action != "standing" else 0.0
         self.leg_angle = swing * s
         self.arm_angle = -swing * s * (1.2 if shot.action == "running" else 0.9)
         side = self.view == "side"
@@ -144,7 +146,7 @@ class Figure:
         if self.view == "side":
             dx = math.sin(angle) * length * self.facing
         else:  # seen from the front or back, a swing mostly shortens the limb and opens it a little
-            dx = math.sin(angle) * length * 0.18
+            dx = math.sin(angle) * length * 0.35
         dy = math.cos(angle) * length
         x1, y1 = x0 + dx, y0 + dy
         nx, ny = -(y1 - y0), (x1 - x0)
@@ -167,9 +169,12 @@ class Figure:
             end = self.limb(d, start, angle, 0.44, 0.062, self.skin)
             if lt in ("trousers", "jeans"):
                 self.limb(d, start, angle, 0.45, 0.072, lower)
-                if lt == "jeans":
+                if lt == "jeans":  # light stitched seams and turned-up cuffs
                     x, y = self.p(start[0] + math.sin(angle) * 0.1, 0.6)
-                    d.line([x, y, x, y + 0.25 * self.h], fill=shade(lower, 1.25), width=2)
+                    d.line([x, y, x, y + 0.25 * self.h], fill=mix(lower, (230, 200, 120), 0.6), width=2)
+                    ex0, ey0 = end
+                    self.poly(d, [(ex0 - 0.037, ey0 - 0.03), (ex0 + 0.037, ey0 - 0.03), (ex0 + 0.037, ey0 - 0.01),
+                                  (ex0 - 0.037, ey0 - 0.01)], mix(lower, (255, 255, 255), 0.35))
             elif lt == "shorts":
                 self.limb(d, start, angle, 0.17, 0.078, lower)
             shoe_col = self.colours["shoes_color"]
@@ -250,13 +255,40 @@ class Figure:
             d._image.paste(tile, box[:2], mask)  # type: ignore[attr-defined]
         else:
             self.poly(d, pts, colour)
-        if a["upper_type"] in ("jacket", "coat") and self.view == "front":
-            x, y = self.p(0, 0.18)
-            d.line([x, y, x, self.p(0, bottom)[1]], fill=shade(colour, 0.6), width=3)
-        if a["upper_type"] == "shirt" and self.view == "front":
-            self.poly(d, [(-0.03, 0.165), (0.0, 0.2), (0.03, 0.165)], shade(colour, 1.3) if sum(colour) < 500 else (200, 200, 200))
-        if a["upper_type"] == "hoodie" and self.view != "front":
-            self.ellipse(d, -0.06, 0.13, 0.06, 0.21, shade(colour, 0.85))
+        # every garment type carries a cue that shows from any side
+        ut = a["upper_type"]
+        trim = shade(colour, 0.6) if sum(colour) > 150 else mix(colour, (200, 200, 200), 0.5)
+        if ut in ("jacket", "coat"):
+            if self.view == "front":
+                x, y = self.p(0, 0.18)
+                d.line([x, y, x, self.p(0, bottom)[1]], fill=trim, width=3)
+            # a turned-down collar around the neck
+            self.poly(d, [(-0.05, 0.16), (0.05, 0.16), (0.065, 0.2), (-0.065, 0.2)], trim)
+        if ut == "jacket":  # a waistband at the hip
+            self.poly(d, [(-hem, bottom - 0.025), (hem, bottom - 0.025), (hem, bottom), (-hem, bottom)], trim)
+        if ut == "shirt":
+            collar = (235, 235, 235) if sum(colour) < 500 else (150, 150, 150)
+            if self.view == "front":
+                self.poly(d, [(-0.035, 0.16), (0.0, 0.205), (0.035, 0.16)], collar)
+                for yy in (0.25, 0.31, 0.37, 0.43):
+                    self.ellipse(d, -0.006, yy, 0.006, yy + 0.012, collar)
+            else:  # the collar band shows at the back of the neck
+                self.poly(d, [(-0.04, 0.155), (0.04, 0.155), (0.04, 0.175), (-0.04, 0.175)], collar)
+        if ut == "sweater":  # ribbed hem and neckband
+            self.poly(d, [(-hem, bottom - 0.03), (hem, bottom - 0.03), (hem, bottom), (-hem, bottom)], trim)
+            for xx in np.linspace(-hem, hem, 7):
+                x0, y0 = self.p(xx, bottom - 0.03)
+                d.line([x0, y0, x0, self.p(xx, bottom)[1]], fill=shade(trim, 0.8), width=2)
+            self.poly(d, [(-0.045, 0.16), (0.045, 0.16), (0.045, 0.18), (-0.045, 0.18)], trim)
+        if ut == "hoodie":
+            if self.view == "front":  # the hood lies around the neck, drawstrings and pocket in front
+                self.poly(d, [(-0.075, 0.14), (0.075, 0.14), (0.06, 0.2), (-0.06, 0.2)], shade(colour, 0.8))
+                for xx in (-0.02, 0.02):
+                    x0, y0 = self.p(xx, 0.19)
+                    d.line([x0, y0, x0, self.p(xx, 0.27)[1]], fill=(235, 235, 235), width=2)
+                self.poly(d, [(-0.06, 0.38), (0.06, 0.38), (0.07, 0.46), (-0.07, 0.46)], shade(colour, 0.8))
+            else:
+                self.ellipse(d, -0.065, 0.12, 0.065, 0.23, shade(colour, 0.85))
         if pattern == "logo" and self.view == "front":
             logo = (240, 240, 240) if sum(colour) < 400 else (30, 30, 30)
             self.ellipse(d, -0.03, 0.24, 0.03, 0.3, logo)

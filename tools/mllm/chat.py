@@ -339,6 +339,11 @@ class ChatMLLM(MLLM):
         text = " ".join(text.split()).strip().strip('"“”').strip()
         return text
 
+    def complete(self, prompt: str, system: str | None = None) -> str:
+        """A text-only request (e.g. paraphrasing for RDA): the reply text. Counted as a merge call."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        return self._timed("merge", lambda: clean_reply(self._reply(messages)))
+
     # -- several at once -------------------------------------------------------------------
 
     def verify_many(self, pairs: Sequence[tuple[ImageRef, str]],

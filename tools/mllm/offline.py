@@ -4,14 +4,15 @@ Its eyes are the attribute recogniser (``tools.mllm.recogniser``, a CNN trained 
 annotations), its ears the query parser (``tools.mllm.parser``), its voice a grammar merge. A
 description fits a photo unless the photo confidently shows something the description contradicts:
 for each stated attribute, the recogniser's probability that the attribute is visible with another
-value; the largest of these is compared with a threshold calibrated for balanced verification
-accuracy on the val split.
+value, weighted by how reliable the recogniser is on that attribute.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 from tools.attributes import SLOTS
 
@@ -24,7 +25,15 @@ MIN_ANSWER_CONFIDENCE = 0.45
 
 
 class OfflineMLLM(MLLM):
-    """Recogniser + parser + grammar merge behind the MLLM interface."""
+    """Recogniser + parser + grammar merge behind the MLLM interface.
+
+    Verification is a logistic decision over per-attribute contradiction evidence: for each
+    attribute the description states, the recogniser's probability that the photo visibly shows
+    another value. Each attribute has its own weight because the recogniser is more reliable on
+    some (upper colour) than on others (walking vs standing); the weights are fitted on training
+    pairs (``python -m eval.mllm DIR --split train --calibrate``), as ICL tunes its MLLM's yes/no
+    answers on training captions, and stored beside the recogniser's weights.
+    """
 
     name = "offline"
 
@@ -32,8 +41,11 @@ class OfflineMLLM(MLLM):
                  threshold: float | None = None, device: str | None = None, cache: bool = True):
         super().__init__(cache=cache)
         self.recogniser = recogniser or Recogniser.load(weights, device)
-        calibrated = getattr(self.recogniser, "config", {}).get("verify_threshold") if recogniser is None else None
-        self.threshold = threshold if threshold is not None else (calibrated or 0.5)
+        verifier = self.recogniser.config.get("verifier") or {}
+        #: logit(match) = bias - sum_s weight_s * contradiction_s; defaults: reject any slot contradicted at >= 0.5
+        self.bias = float(verifier.get("bias", 5.0))
+        self.slot_weights = {s: float(verifier.get("weights", {}).get(s, 10.0)) for s in SLOTS}
+        self.threshold = threshold if threshold is not None else float(verifier.get("threshold", 0.5))
         self._probs: dict[str, dict] = {}
 
     def probabilities(self, images: Sequence[ImageRef]) -> list[dict[str, dict[str, float]]]:
@@ -44,26 +56,36 @@ class OfflineMLLM(MLLM):
                 self._probs[im.id] = p
         return [self._probs[im.id] for im in images]
 
+    @staticmethod
+    def contradictions(probs: dict[str, dict[str, float]], constraints: dict[str, str]) -> dict[str, float]:
+        """Per stated attribute: the probability that it is visible with another value."""
+        return {slot: max(0.0, 1.0 - probs[slot].get(value, 0.0) - probs[slot][UNSEEN])
+                for slot, value in constraints.items()}
+
     def contradiction(self, probs: dict[str, dict[str, float]], constraints: dict[str, str]) -> tuple[float, str]:
-        """Largest probability that a stated attribute is visible with another value, and its slot."""
-        worst, worst_slot = 0.0, ""
-        for slot, value in constraints.items():
-            p = probs[slot]
-            against = max(0.0, 1.0 - p.get(value, 0.0) - p[UNSEEN])
-            if against > worst:
-                worst, worst_slot = against, slot
-        return worst, worst_slot
+        """The largest contradiction and its slot."""
+        c = self.contradictions(probs, constraints)
+        if not c:
+            return 0.0, ""
+        slot = max(c, key=c.get)
+        return c[slot], slot
+
+    def match_probability(self, probs: dict[str, dict[str, float]], constraints: dict[str, str]) -> float:
+        c = self.contradictions(probs, constraints)
+        logit = self.bias - sum(self.slot_weights[s] * v for s, v in c.items())
+        return float(1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50))))
 
     def _verify(self, image: ImageRef, text: str) -> Verdict:
         constraints = parse(text).constraints
         if not constraints:
             return Verdict(True, 0.5, "the description states nothing this backend can check")
         probs = self.probabilities([image])[0]
-        worst, slot = self.contradiction(probs, constraints)
-        if worst >= self.threshold:
+        p = self.match_probability(probs, constraints)
+        if p < self.threshold:
+            worst, slot = self.contradiction(probs, constraints)
             seen = max((v for v in probs[slot] if v != UNSEEN), key=probs[slot].get)
-            return Verdict(False, worst, f"{slot}: the photo shows {seen}, the description says {constraints[slot]}")
-        return Verdict(True, 1.0 - worst, "nothing stated is contradicted")
+            return Verdict(False, 1.0 - p, f"{slot}: the photo shows {seen}, the description says {constraints[slot]}")
+        return Verdict(True, p, "nothing stated is contradicted")
 
     def _ask(self, image: ImageRef, slots: Sequence[str]) -> list[Answer]:
         probs = self.probabilities([image])[0]

@@ -60,7 +60,7 @@ _add("upper_type", "jacket", "jacket", "windbreaker", "blazer", "bomber jacket",
 _add("upper_type", "coat", "coat", "long coat", "overcoat", "trench coat", "trenchcoat", "raincoat", "parka", "coats",
      "topcoat", "winter coat")
 _add("upper_type", None, "top", "upper garment", "upper body garment", "upper-body garment", "upper clothing",
-     "upper body clothing", "upper clothes", "upper body")
+     "upper body clothing", "upper clothes", "upper body", "clothes", "clothing", "outfit")
 _add("lower_type", "trousers", "trousers", "pants", "slacks", "chinos", "leggings", "sweatpants", "joggers",
      "long pants", "dress pants", "trouser")
 _add("lower_type", "jeans", "jeans", "denim pants", "denims", "denim trousers")
@@ -278,6 +278,10 @@ def parse(text: str) -> ParsedQuery:
         if w in NEGATIONS:
             negated_at = i
             continue
+        if w == "in" and last_item and i - last_item[1] == 1 and nxt is not None and _kind(nxt, "colour") is not None \
+                and (i + 2 >= len(tokens) or _kind(tokens[i + 2], "noun") is None):
+            predicative = True  # "a coat in red"
+            continue
         if w in _BREAKS:
             pending.clear()
             if w in ("is", "are") and last_item and i - last_item[1] <= 2:
@@ -302,6 +306,11 @@ def parse(text: str) -> ParsedQuery:
             predicative = False
             continue
         mods = _modifiers(tok)
+        # sleeves and patterns only ever describe the top here: no noun needed to place them
+        if "sleeve" in mods:
+            put("sleeve_length", mods.pop("sleeve"))
+        if "pattern" in mods:
+            put("pattern", mods.pop("pattern"))
         if mods:
             next_is_noun = nxt is not None and _kind(nxt, "noun") is not None
             if predicative and last_item and not next_is_noun:

@@ -84,10 +84,13 @@ def to_input(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
 class Recogniser:
     """Batched, cached attribute recognition with the shipped (or given) weights."""
 
-    def __init__(self, net: AttributeNet, device: str | torch.device | None = None):
+    def __init__(self, net: AttributeNet, device: str | torch.device | None = None, config: dict | None = None,
+                 path: Path | None = None):
         self.device = pick_device(str(device) if device else None)
         self.net = net.to(self.device).eval()
         self.input_size = tuple(net.config["input_size"])
+        self.config = dict(config or net.config)  # architecture plus e.g. the calibrated verify threshold
+        self.path = path
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_WEIGHTS, device: str | None = None) -> "Recogniser":
@@ -100,14 +103,23 @@ class Recogniser:
         net = AttributeNet(config["widths"], config["hidden"], tuple(config["input_size"]))
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
         net.load_state_dict(state)
-        return cls(net, device)
+        return cls(net, device, config, path)
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         save_file(state, str(path))
-        path.with_suffix(".json").write_text(json.dumps({**self.net.config, **(extra or {})}, indent=2))
+        self.path = path
+        self.config = {**self.net.config, **(extra or {})}
+        path.with_suffix(".json").write_text(json.dumps(self.config, indent=2))
+
+    def save_config(self, extra: dict) -> None:
+        """Add settings (such as a calibrated threshold) to the weights' JSON file."""
+        if self.path is None:
+            raise ValueError("this recogniser was not loaded from a file")
+        self.config.update(extra)
+        self.path.with_suffix(".json").write_text(json.dumps(self.config, indent=2))
 
     @torch.inference_mode()
     def predict_pixels(self, pixels: np.ndarray) -> list[dict[str, dict[str, float]]]:

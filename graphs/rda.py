@@ -1,0 +1,392 @@
+"""RDA: reorganization data augmentation, an offline LangGraph graph over a dataset's captions.
+
+enrich -> decompose -> paraphrase -> write -> (next batch | END)
+
+* enrich: ask the MLLM the questionnaire about each image and fold into the caption the answers
+  it does not already state (never overriding what the caption says);
+* decompose: split the enriched description into single-attribute sub-sentences;
+* paraphrase: m rewrites of each (rule-based by default, or an LLM);
+* write: append the batch to a journal beside the output; at the end the output file is the
+  dataset's own records with ``diversity_captions`` added (one entry per caption: a list of
+  sub-sentences, each a list of paraphrases), so ICL's data and ours are interchangeable.
+
+Killed and re-run, it continues from the journal and the final file equals an uninterrupted run's
+(every record's randomness is seeded by its index).
+
+``python -m graphs.rda DIR --out FILE.json [--format ...] [--mllm offline|openai|...] [--m 5]
+[--workers N] [--limit N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from tqdm import tqdm
+from typing_extensions import TypedDict
+
+from data.readers import FORMATS, FORMAT_NAMES, DatasetError, detect_format
+from tools.attributes import SLOT_NAMES
+from tools.mllm import MLLM, MLLMError, make_mllm
+from tools.mllm.base import ImageRef
+from tools.mllm.parser import parse
+from tools.paraphraser import decompose, rule_paraphrases
+
+log = logging.getLogger(__name__)
+
+#: Context slots the questionnaire asks about but which describe the photo, not the person; they
+#: change between photos of one person, so RDA does not add them to a caption.
+PHOTO_SLOTS = ("action", "background", "other_people")
+
+
+class RDAItem(TypedDict, total=False):
+    index: int  # position in the annotation file
+    captions: list[str]
+    image_id: str
+    image_path: str
+    answers: dict[str, str]  # slot -> value the MLLM saw
+    enriched: list[dict[str, str]]  # per caption: constraints after enrichment
+    parts: list[list[dict[str, str]]]  # per caption: attribute groups
+    diversity: list[list[list[str]]]  # per caption: sub-sentences x paraphrases
+    skipped: str  # why the item was not augmented
+
+
+class RDAState(TypedDict, total=False):
+    cursor: int  # position in the work list
+    batch: list[RDAItem]
+    done: int
+    counts: dict[str, int]
+
+
+@dataclass
+class RDAContext:
+    work: list[RDAItem]  # items still to do, in file order
+    mllm: MLLM
+    journal: Path
+    m: int = 5
+    seed: int = 0
+    batch_size: int = 64
+    workers: int = 1
+    paraphraser: Callable[..., list[str]] = rule_paraphrases
+    progress: Any = None  # a tqdm bar or None
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def _enrich_one(item: RDAItem, mllm: MLLM) -> RDAItem:
+    if item.get("skipped"):
+        return item
+    try:
+        answers = mllm.ask(ImageRef(item["image_id"], Path(item["image_path"])),
+                           [s for s in SLOT_NAMES if s not in PHOTO_SLOTS])
+    except MLLMError as e:
+        return {**item, "skipped": f"mllm answer unusable ({e.kind}): {e}"}
+    seen = {a.slot: a.value for a in answers if a.value is not None}
+    enriched = []
+    for caption in item["captions"]:
+        stated = parse(caption).constraints
+        merged = dict(stated)
+        for slot, value in seen.items():
+            if slot in stated:
+                continue  # the caption's word wins over the MLLM's
+            parent = {"upper_color": "upper_type", "lower_color": "lower_type", "shoes_color": "shoes_type",
+                      "hand_object_color": "hand_object", "backpack_color": "backpack", "bag_color": "bag",
+                      "hat_color": "hat"}.get(slot)
+            if parent and parent in stated and parent in seen and stated[parent] != seen[parent]:
+                continue  # a colour of an item the caption names differently: do not mix them
+            merged[slot] = value
+        enriched.append(merged)
+    return {**item, "answers": seen, "enriched": enriched}
+
+
+def enrich(state: RDAState, runtime: Runtime[RDAContext]) -> dict:
+    ctx = runtime.context
+    batch = ctx.work[state["cursor"]: state["cursor"] + ctx.batch_size]
+    if ctx.workers > 1:
+        with ThreadPoolExecutor(ctx.workers) as pool:
+            out = list(pool.map(lambda it: _enrich_one(it, ctx.mllm), batch))
+    else:
+        offline = getattr(ctx.mllm, "probabilities", None)
+        if offline is not None:  # one batched recogniser pass for the whole batch
+            try:
+                offline([ImageRef(it["image_id"], Path(it["image_path"])) for it in batch if not it.get("skipped")])
+            except OSError as e:
+                log.warning("batched recognition failed (%s); going image by image", e)
+        out = []
+        for it in batch:
+            try:
+                out.append(_enrich_one(it, ctx.mllm))
+            except OSError as e:
+                out.append({**it, "skipped": f"image unreadable: {e}"})
+    return {"batch": out}
+
+
+def decompose_node(state: RDAState) -> dict:
+    out = []
+    for item in state["batch"]:
+        if item.get("skipped"):
+            out.append(item)
+            continue
+        out.append({**item, "parts": [decompose(c) for c in item["enriched"]]})
+    return {"batch": out}
+
+
+def paraphrase(state: RDAState, runtime: Runtime[RDAContext]) -> dict:
+    ctx = runtime.context
+    out = []
+    for item in state["batch"]:
+        if item.get("skipped"):
+            out.append(item)
+            continue
+        rng = np.random.default_rng([ctx.seed, item["index"]])
+        diversity = []
+        for constraints, parts in zip(item["enriched"], item["parts"]):
+            diversity.append([ctx.paraphraser(g, ctx.m, rng, constraints.get("gender")) for g in parts])
+        out.append({**item, "diversity": diversity})
+    return {"batch": out}
+
+
+def write(state: RDAState, runtime: Runtime[RDAContext]) -> dict:
+    ctx = runtime.context
+    counts = dict(state.get("counts") or {})
+    with open(ctx.journal, "a", encoding="utf-8") as f:
+        for item in state["batch"]:
+            entry = {"index": item["index"]}
+            if item.get("skipped"):
+                entry["skipped"] = item["skipped"]
+                counts["skipped"] = counts.get("skipped", 0) + 1
+            else:
+                entry["diversity_captions"] = item["diversity"]
+                entry["enriched"] = item["enriched"]
+                counts["augmented"] = counts.get("augmented", 0) + 1
+            f.write(json.dumps(entry) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    if ctx.progress is not None:
+        ctx.progress.update(len(state["batch"]))
+    return {"cursor": state["cursor"] + len(state["batch"]), "done": state.get("done", 0) + len(state["batch"]),
+            "counts": counts, "batch": []}
+
+
+def _more(state: RDAState, runtime: Runtime[RDAContext]) -> str:
+    return "enrich" if state["cursor"] < len(runtime.context.work) else END
+
+
+def build_graph():
+    g = StateGraph(RDAState, context_schema=RDAContext)
+    g.add_node("enrich", enrich)
+    g.add_node("decompose", decompose_node)
+    g.add_node("paraphrase", paraphrase)
+    g.add_node("write", write)
+    g.add_edge(START, "enrich")
+    g.add_edge("enrich", "decompose")
+    g.add_edge("decompose", "paraphrase")
+    g.add_edge("paraphrase", "write")
+    g.add_conditional_edges("write", _more, ["enrich", END])
+    return g.compile()
+
+
+# ------------------------------------------------------------------------------------------
+# driver
+
+
+def _raw_records(root: Path, fmt: str) -> tuple[list[Any], Path, str]:
+    spec = FORMATS[fmt]
+    path = root / spec["annotation"]
+    if not path.is_file():
+        raise DatasetError(f"{path}: annotation file not found")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(raw, list):
+        raise DatasetError(f"{path}: expected a JSON list of records")
+    return raw, (root / spec["images"]).resolve(), spec["path_field"]
+
+
+def _work_items(raw: list[Any], image_root: Path, path_field: str) -> tuple[list[RDAItem], dict[str, int]]:
+    items, problems = [], {}
+    for i, rec in enumerate(raw):
+        item: RDAItem = {"index": i}
+        if not isinstance(rec, dict):
+            item["skipped"] = "not a record"
+        elif not isinstance(rec.get("captions"), list) or not [c for c in rec["captions"] if isinstance(c, str) and c.strip()]:
+            item["skipped"] = "no captions"
+        elif not isinstance(rec.get(path_field), str) or not (image_root / rec[path_field]).is_file():
+            item["skipped"] = "image missing"
+        else:
+            item.update(captions=[c for c in rec["captions"] if isinstance(c, str)], image_id=rec[path_field],
+                        image_path=str(image_root / rec[path_field]))
+        if item.get("skipped"):
+            problems[item["skipped"]] = problems.get(item["skipped"], 0) + 1
+        items.append(item)
+    return items, problems
+
+
+def _check_writable(out: Path) -> None:
+    probe = out.with_name(out.name + ".probe")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"{out}: output path is not writable ({e.strerror or e})") from None
+
+
+def quality(raw: list[Any], journal: dict[int, dict], annotations: dict | None, path_field: str) -> dict:
+    """Share of enriched captions contradicting the image's annotations (SynthPedes), share of
+    sub-sentences carrying exactly one attribute, mean distinct paraphrases per sub-sentence."""
+    from tools.paraphraser import UNITS
+
+    unit_of = {s: n for n, unit in enumerate(UNITS) for s in unit}
+    contradicted = enriched_total = single = sub_total = 0
+    distinct = []
+    for i, entry in journal.items():
+        if "diversity_captions" not in entry:
+            continue
+        ann = annotations.get(raw[i].get(path_field)) if annotations else None
+        for constraints, caption in zip(entry["enriched"], entry["diversity_captions"]):
+            enriched_total += 1
+            if ann is not None and any(ann["visible"].get(s) and ann["attributes"].get(s) not in (None, v)
+                                       for s, v in constraints.items()):
+                contradicted += 1
+            for paraphrases in caption:
+                sub_total += 1
+                units = {unit_of[s] for s in parse(paraphrases[0]).constraints if s in unit_of}
+                single += len(units) == 1
+                distinct.append(len(set(paraphrases)))
+    out = {"single_attribute_share": round(single / max(1, sub_total), 4),
+           "mean_distinct_paraphrases": round(float(np.mean(distinct)) if distinct else 0.0, 3),
+           "sub_sentences": sub_total}
+    if annotations is not None:
+        out["contradicting_share"] = round(contradicted / max(1, enriched_total), 4)
+    return out
+
+
+def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto", m: int = 5, workers: int = 1,
+            limit: int | None = None, seed: int = 0, batch_size: int = 64, progress: bool = True,
+            paraphraser: Callable[..., list[str]] = rule_paraphrases) -> dict:
+    root, out = Path(root), Path(out)
+    fmt = detect_format(root) if format == "auto" else format
+    if fmt not in FORMATS:
+        raise DatasetError(f"unknown dataset format {format!r}")
+    _check_writable(out)
+    raw, image_root, path_field = _raw_records(root, fmt)
+    items, problems = _work_items(raw, image_root, path_field)
+    if limit is not None:
+        items = items[:limit]
+    journal_path = out.with_name(out.name + ".journal.jsonl")
+    meta = {"dataset": str(root.resolve()), "format": fmt, "m": m, "seed": seed, "mllm": mllm.name, "limit": limit}
+    meta_path = out.with_name(out.name + ".journal.meta.json")
+    done: dict[int, dict] = {}
+    if journal_path.exists():
+        if not meta_path.exists() or json.loads(meta_path.read_text()) != meta:
+            raise RuntimeError(f"{journal_path} belongs to a run with other settings; delete it or choose another --out")
+        for line in journal_path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: that record is redone
+            done[entry["index"]] = entry
+        # drop a torn last line so appends start clean
+        journal_path.write_text("".join(json.dumps(done[i]) + "\n" for i in sorted(done)), encoding="utf-8")
+    else:
+        meta_path.write_text(json.dumps(meta))
+    work = [it for it in items if it["index"] not in done]
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(items), initial=len(items) - len(work), desc="RDA", unit="record", disable=not progress,
+               smoothing=0.05)
+    ctx = RDAContext(work=work, mllm=mllm, journal=journal_path, m=m, seed=seed, batch_size=batch_size,
+                     workers=workers, paraphraser=paraphraser, progress=bar)
+    if work:
+        steps = 5 * (len(work) // batch_size + 2)
+        build_graph().invoke({"cursor": 0, "done": 0, "counts": {}}, context=ctx, config={"recursion_limit": steps})
+    bar.close()
+    seconds = time.perf_counter() - t0
+    for line in journal_path.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        done[entry["index"]] = entry
+    records = []
+    for i, rec in enumerate(raw):
+        entry = done.get(i)
+        if entry is not None and "diversity_captions" in entry:
+            rec = {**rec, "diversity_captions": entry["diversity_captions"]}
+        records.append(rec)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(records), encoding="utf-8")
+    os.replace(tmp, out)
+    skipped: dict[str, int] = {}
+    for entry in done.values():
+        if "skipped" in entry:
+            reason = entry["skipped"].split(":")[0]
+            skipped[reason] = skipped.get(reason, 0) + 1
+    annotations = None
+    if fmt == "synthpedes":
+        from data.synthpedes.ceiling import load_annotations
+
+        annotations = {im["file_path"]: im for im in load_annotations(root)["images"]}
+    report = {"out": str(out), "records": len(raw), "processed": len(done),
+              "augmented": sum("diversity_captions" in e for e in done.values()), "skipped": skipped,
+              "seconds_this_run": round(seconds, 1),
+              "records_per_second": round(len(work) / seconds, 1) if work and seconds > 0 else None,
+              "mllm_calls": mllm.stats.snapshot(), "quality": quality(raw, done, annotations, path_field)}
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m graphs.rda", description=__doc__.split("\n\n")[0],
+                                epilog="example: python -m graphs.rda synthpedes --out runs/rda/reid_raw_rda.json")
+    p.add_argument("dir", help="dataset folder")
+    p.add_argument("--out", required=True, help="output annotation file (JSON, the dataset's layout + diversity_captions)")
+    p.add_argument("--format", default="auto", choices=("auto",) + FORMAT_NAMES)
+    p.add_argument("--mllm", default="offline", help="offline (default), openai, transformers, oracle (simulation)")
+    p.add_argument("--mllm-url", help="openai: base URL")
+    p.add_argument("--mllm-model", help="openai: model name")
+    p.add_argument("--paraphraser", choices=("rules", "llm"), default="rules",
+                   help="rules (default) or llm (the --mllm chat backend paraphrases)")
+    p.add_argument("--m", type=int, default=5, help="paraphrases per sub-sentence (default %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="concurrent MLLM requests (chat backends)")
+    p.add_argument("--limit", type=int, help="only the first N records")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    if args.m < 1:
+        print("error: --m must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        opts: dict = {}
+        if args.mllm == "oracle":
+            opts["synthpedes_dir"] = args.dir
+        if args.mllm == "openai":
+            opts.update({k: v for k, v in (("base_url", args.mllm_url), ("model", args.mllm_model)) if v})
+        mllm = make_mllm(args.mllm, **opts)
+        paraphraser = rule_paraphrases
+        if args.paraphraser == "llm":
+            from tools.paraphraser import LLMParaphraser
+
+            if not hasattr(mllm, "complete"):
+                raise ValueError(f"--paraphraser llm needs a chat backend (openai, transformers), not {args.mllm}")
+            paraphraser = LLMParaphraser(mllm.complete)
+        report = run_rda(args.dir, args.out, mllm, args.format, args.m, args.workers, args.limit, args.seed,
+                         args.batch_size, not args.quiet, paraphraser)
+    except (DatasetError, MLLMError, ValueError, FileNotFoundError, PermissionError, RuntimeError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

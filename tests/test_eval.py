@@ -1,0 +1,64 @@
+import json
+
+import numpy as np
+import pytest
+
+from eval.benchmark import main as benchmark_main
+from eval.thi import NoisyVerifier, plot_rounds
+from eval.thi import main as thi_main
+from tools.mllm.base import ImageRef
+from tools.mllm.oracle import OracleMLLM
+
+from .helpers import tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return f"local-dir:{tiny_model_dir(tmp_path_factory.mktemp('bench'))}"
+
+
+def test_benchmark_json_ceiling_chroma_and_similarity_dump(small_world, model, tmp_path, capsys):
+    out, npz = tmp_path / "b.json", tmp_path / "s.npz"
+    assert benchmark_main([str(small_world), "--model", model, "--json", str(out), "--dump-similarity", str(npz),
+                           "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    for key in ("R1", "R5", "R10", "mAP", "mINP", "num_queries", "num_gallery"):
+        assert key in report
+    assert report["num_queries"] == 2 * report["num_gallery"]
+    assert set(report["ceiling"]) == {"R1", "R5", "R10", "mAP", "mINP"}
+    assert 0.0 <= report["chroma"]["top10_recall_vs_exact"] <= 1.0 and report["chroma"]["query_ms_p50"] > 0
+    d = np.load(npz)
+    assert d["similarity"].shape == (report["num_queries"], report["num_gallery"]) and d["similarity"].dtype == np.float32
+    assert len(d["query_pids"]) == report["num_queries"] and len(d["gallery_pids"]) == report["num_gallery"]
+    assert "caption-only ceiling" in capsys.readouterr().out
+    assert benchmark_main([str(tmp_path / "missing"), "--model", model]) == 1
+
+
+def test_thi_benchmark_keys_rounds_and_plot(small_world, model, tmp_path):
+    out, png = tmp_path / "t.json", tmp_path / "r1.png"
+    rc = thi_main([str(small_world), "--model", model, "--mllm", "oracle", "--policy", "paper,adaptive", "--xi", "-1",
+                   "--data-dir", str(tmp_path / "db"), "--json", str(out), "--plot", str(png), "--quiet"])
+    assert rc == 0
+    reports = json.loads(out.read_text())
+    assert [r["policy"] for r in reports] == ["paper", "adaptive"]
+    for r in reports:
+        assert set(r) >= {"baseline", "final", "rounds", "mllm_calls", "latency_ms", "ceiling"}
+        assert len(r["rounds"]) == 5 and r["rounds"][-1] == r["final"]
+        assert set(r["mllm_calls"]) == {"mean", "max"} and set(r["latency_ms"]) == {"p50", "p95"}
+        assert r["oracle"] is True
+    assert png.stat().st_size > 1000
+    # a simulated user answering about the target
+    rc = thi_main([str(small_world), "--model", model, "--mllm", "oracle", "--user", "simulated", "--limit", "6",
+                   "--data-dir", str(tmp_path / "db"), "--json", str(out), "--quiet"])
+    assert rc == 0 and json.loads(out.read_text())["user"].startswith("simulated")
+
+
+def test_noisy_verifier_flips_answers(small_world):
+    from data import read_dataset
+
+    rec = read_dataset(small_world).split("test")[0]
+    image = ImageRef(rec.image, rec.image_path)
+    inner = OracleMLLM(small_world)
+    always = NoisyVerifier(inner, flip=1.0)
+    never = NoisyVerifier(OracleMLLM(small_world), flip=0.0)
+    assert always.verify(image, rec.captions[0]).match != never.verify(image, rec.captions[0]).match

@@ -1,0 +1,104 @@
+import json
+
+import numpy as np
+import pytest
+
+from graphs.rda import main as rda_main
+from graphs.rda import run_rda
+from tools.mllm.oracle import OracleMLLM
+from tools.mllm.parser import parse
+from tools.paraphraser import UNITS, decompose, rule_paraphrases
+from train.pairs import reorganise
+
+
+def test_sub_sentences_carry_one_attribute_and_paraphrases_keep_it():
+    constraints = parse("A woman with long blonde hair in a red coat and black jeans, white sneakers, a pink handbag, "
+                        "a black backpack, sunglasses, walking in the park with other people nearby").constraints
+    unit_of = {s: n for n, unit in enumerate(UNITS) for s in unit}
+    rng = np.random.default_rng(0)
+    for group in decompose(constraints):
+        assert len({unit_of[s] for s in group}) == 1
+        paraphrases = rule_paraphrases(group, 5, rng, constraints.get("gender"))
+        assert 2 <= len(set(paraphrases)) <= 5
+        for p in paraphrases:
+            said = parse(p).constraints
+            assert all(said.get(s) == v for s, v in group.items()), (group, p, said)
+
+
+def test_reorganised_caption_uses_every_sub_sentence_once():
+    diversity = [["A."], ["B.", "b."], ["C."]]
+    seen = set()
+    for seed in range(20):
+        text = reorganise(diversity, np.random.default_rng(seed))
+        parts = text.split(" ")
+        assert len(parts) == 3 and {p.upper() for p in parts} == {"A.", "B.", "C."}
+        seen.add(text)
+    assert len(seen) > 3  # orders and paraphrases vary
+
+
+@pytest.fixture()
+def oracle(small_world):
+    return OracleMLLM(small_world)
+
+
+def _journal(out):
+    return out.with_name(out.name + ".journal.jsonl")
+
+
+def test_rda_output_layout_quality_and_resume(small_world, tmp_path, oracle):
+    out = tmp_path / "rda.json"
+    report = run_rda(small_world, out, oracle, m=4, progress=False, batch_size=8)
+    raw = json.loads((small_world / "reid_raw.json").read_text())
+    got = json.loads(out.read_text())
+    assert len(got) == len(raw) and report["augmented"] == len(raw)
+    for rec, orig in zip(got, raw):
+        assert {k: v for k, v in rec.items() if k != "diversity_captions"} == orig
+        assert len(rec["diversity_captions"]) == len(orig["captions"])
+        for caption in rec["diversity_captions"]:
+            assert caption and all(isinstance(p, list) and p and len(p) <= 4 for p in caption)
+    q = report["quality"]
+    assert q["contradicting_share"] < 0.05  # only the captions' own noise: the oracle adds true facts
+    assert q["single_attribute_share"] > 0.97 and q["mean_distinct_paraphrases"] > 2.0
+    # a killed run: keep half the journal (and a torn line), re-run: the same file comes out
+    lines = _journal(out).read_text().splitlines()
+    _journal(out).write_text("\n".join(lines[: len(lines) // 2]) + '\n{"index": 9, "diversi')
+    first = out.read_bytes()
+    out.unlink()
+    again = run_rda(small_world, out, OracleMLLM(small_world), m=4, progress=False, batch_size=8)
+    assert out.read_bytes() == first
+    assert again["processed"] == len(raw)
+
+
+def test_rda_skips_and_counts_bad_records(small_world, tmp_path):
+    import shutil
+
+    world = tmp_path / "w"
+    shutil.copytree(small_world, world)
+    raw = json.loads((world / "reid_raw.json").read_text())
+    raw[0]["captions"] = []
+    raw[1]["file_path"] = "train/does_not_exist.jpg"
+    (world / "reid_raw.json").write_text(json.dumps(raw))
+
+    class Garbled(OracleMLLM):
+        calls = 0
+
+        def _ask(self, image, slots):
+            Garbled.calls += 1
+            if Garbled.calls == 3:
+                from tools.mllm.base import MLLMError
+
+                raise MLLMError("banana", kind="unparseable")
+            return super()._ask(image, slots)
+
+    report = run_rda(world, tmp_path / "o.json", Garbled(world), format="cuhk-pedes", m=3, progress=False)
+    assert report["skipped"] == {"no captions": 1, "image missing": 1, "mllm answer unusable (unparseable)": 1}
+    got = json.loads((tmp_path / "o.json").read_text())
+    assert len(got) == len(raw) and "diversity_captions" not in got[0]
+
+
+def test_unwritable_output_stops_before_writing(small_world, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = rda_main([str(small_world), "--out", str(blocker / "sub" / "o.json"), "--mllm", "oracle", "--quiet"])
+    assert rc == 1 and "error:" in capsys.readouterr().err
+    assert blocker.read_text() == "x"
