@@ -106,7 +106,8 @@ def detect_format(root: str | Path) -> str:
     raise DatasetError(f"{root}: no annotation file found (expected one of: {expected})")
 
 
-def _load_json_list(path: Path) -> list:
+def load_json_list(path: Path) -> list:
+    """A JSON file holding a list; one-line :class:`DatasetError` for a missing or malformed file."""
     if not path.is_file():
         raise DatasetError(f"{path}: annotation file not found")
     try:
@@ -169,7 +170,7 @@ def read_dataset(root: str | Path, format: str = "auto", skip_missing: bool = Fa
     spec = FORMATS[fmt]
     path = Path(annotation_file) if annotation_file else root / spec["annotation"]
     image_root = (root / spec["images"]).resolve()
-    raw = _load_json_list(path)
+    raw = load_json_list(path)
     if fmt == "synthpedes" and not (root / "attributes.json").is_file():
         raise DatasetError(f"{root / 'attributes.json'}: SynthPedes attribute file not found")
     records = [_parse_record(r, i, path, spec["path_field"], image_root) for i, r in enumerate(raw)]

@@ -6,9 +6,10 @@
   (caption, the best-ranked photo of *another* identity in the retrieval model's top 10 that
   contradicts something the caption states, by the annotations). Negatives the caption also fits
   are left out: no backend can reject them. Balanced accuracy = mean of the two recalls.
-* ``--calibrate`` (offline backend, run on the train split, as ICL tunes its MLLM's yes/no answers
-  on training captions): fit the verifier's per-attribute weights and threshold and store them
-  beside the recogniser's weights.
+* ``--calibrate`` (offline backend): fit the verifier's per-attribute weights and threshold and
+  store them beside the recogniser's weights. Run it on the validation split: on the train split
+  the recogniser has seen the photos and is far more accurate than on new ones, and a verifier
+  fitted there trusts it too much.
 """
 
 from __future__ import annotations

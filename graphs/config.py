@@ -31,11 +31,18 @@ class THIConfig:
     verify_per_round: int = 3  # adaptive
     verify_window: int = 5  # adaptive: how deep in the current ranking to look for unverified candidates
     verify_budget: int = 5  # adaptive: verifications per query at most (the paper's worst case is 5)
-    questions_per_round: int = 3  # adaptive, with a user: questions per round
+    questions_per_round: int = 5  # adaptive, with a user: questions per round
     anchor_questions: int = 8  # adaptive, without a user: questions asked of the anchor (once)
     lam_user: float = 0.5  # adaptive, with a user: fusion weight of the original similarity
     verify_weight: float = 0.1  # adaptive: a verified candidate moves by w * (2 p(match) - 1) once there is an anchor
     min_yes_confidence: float = 0.5  # adaptive: a "yes" below this does not make an anchor
+    anchor_image_weight: float = 0.1  # adaptive, without a user: weight of image similarity to the anchor
+    # With a user the facts describe the target itself, so checking many candidates against them
+    # pays off (at the price of more MLLM calls; the no-user budget above follows the paper's).
+    user_verify_per_round: int = 10
+    user_verify_window: int = 20
+    user_verify_budget: int = 50
+    user_verify_weight: float = 0.3
     shortlist: int = 100  # candidates kept in the state
 
     def __post_init__(self) -> None:

@@ -36,8 +36,8 @@ from langgraph.runtime import Runtime
 from tqdm import tqdm
 from typing_extensions import TypedDict
 
-from data.readers import FORMATS, FORMAT_NAMES, DatasetError, detect_format
-from tools.attributes import SLOT_NAMES
+from data.readers import FORMATS, FORMAT_NAMES, DatasetError, detect_format, load_json_list
+from tools.attributes import COLOR_PARENT, SLOT_NAMES
 from tools.mllm import MLLM, MLLMError, make_mllm
 from tools.mllm.base import ImageRef
 from tools.mllm.parser import parse
@@ -79,11 +79,12 @@ class RDAContext:
     batch_size: int = 64
     workers: int = 1
     paraphraser: Callable[..., list[str]] = rule_paraphrases
+    min_confidence: float = 0.9
     progress: Any = None  # a tqdm bar or None
     stats: dict[str, int] = field(default_factory=dict)
 
 
-def _enrich_one(item: RDAItem, mllm: MLLM) -> RDAItem:
+def _enrich_one(item: RDAItem, mllm: MLLM, min_confidence: float = 0.0) -> RDAItem:
     if item.get("skipped"):
         return item
     try:
@@ -91,7 +92,8 @@ def _enrich_one(item: RDAItem, mllm: MLLM) -> RDAItem:
                            [s for s in SLOT_NAMES if s not in PHOTO_SLOTS])
     except MLLMError as e:
         return {**item, "skipped": f"mllm answer unusable ({e.kind}): {e}"}
-    seen = {a.slot: a.value for a in answers if a.value is not None}
+    # A wrong added fact teaches the retriever a false pairing; only confident answers are added.
+    seen = {a.slot: a.value for a in answers if a.value is not None and a.confidence >= min_confidence}
     enriched = []
     for caption in item["captions"]:
         stated = parse(caption).constraints
@@ -99,9 +101,7 @@ def _enrich_one(item: RDAItem, mllm: MLLM) -> RDAItem:
         for slot, value in seen.items():
             if slot in stated:
                 continue  # the caption's word wins over the MLLM's
-            parent = {"upper_color": "upper_type", "lower_color": "lower_type", "shoes_color": "shoes_type",
-                      "hand_object_color": "hand_object", "backpack_color": "backpack", "bag_color": "bag",
-                      "hat_color": "hat"}.get(slot)
+            parent = COLOR_PARENT.get(slot)
             if parent and parent in stated and parent in seen and stated[parent] != seen[parent]:
                 continue  # a colour of an item the caption names differently: do not mix them
             merged[slot] = value
@@ -114,7 +114,7 @@ def enrich(state: RDAState, runtime: Runtime[RDAContext]) -> dict:
     batch = ctx.work[state["cursor"]: state["cursor"] + ctx.batch_size]
     if ctx.workers > 1:
         with ThreadPoolExecutor(ctx.workers) as pool:
-            out = list(pool.map(lambda it: _enrich_one(it, ctx.mllm), batch))
+            out = list(pool.map(lambda it: _enrich_one(it, ctx.mllm, ctx.min_confidence), batch))
     else:
         offline = getattr(ctx.mllm, "probabilities", None)
         if offline is not None:  # one batched recogniser pass for the whole batch
@@ -125,7 +125,7 @@ def enrich(state: RDAState, runtime: Runtime[RDAContext]) -> dict:
         out = []
         for it in batch:
             try:
-                out.append(_enrich_one(it, ctx.mllm))
+                out.append(_enrich_one(it, ctx.mllm, ctx.min_confidence))
             except OSError as e:
                 out.append({**it, "skipped": f"image unreadable: {e}"})
     return {"batch": out}
@@ -202,21 +202,15 @@ def build_graph():
 
 def _raw_records(root: Path, fmt: str) -> tuple[list[Any], Path, str]:
     spec = FORMATS[fmt]
-    path = root / spec["annotation"]
-    if not path.is_file():
-        raise DatasetError(f"{path}: annotation file not found")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(raw, list):
-        raise DatasetError(f"{path}: expected a JSON list of records")
-    return raw, (root / spec["images"]).resolve(), spec["path_field"]
+    return load_json_list(root / spec["annotation"]), (root / spec["images"]).resolve(), spec["path_field"]
 
 
-def _work_items(raw: list[Any], image_root: Path, path_field: str) -> tuple[list[RDAItem], dict[str, int]]:
+def _work_items(raw: list[Any], image_root: Path, path_field: str,
+                split: str | None = "train") -> tuple[list[RDAItem], dict[str, int]]:
     items, problems = [], {}
     for i, rec in enumerate(raw):
+        if split and isinstance(rec, dict) and rec.get("split", split) != split:
+            continue  # only training captions are augmented; other splits are written back unchanged
         item: RDAItem = {"index": i}
         if not isinstance(rec, dict):
             item["skipped"] = "not a record"
@@ -251,6 +245,7 @@ def quality(raw: list[Any], journal: dict[int, dict], annotations: dict | None, 
     unit_of = {s: n for n, unit in enumerate(UNITS) for s in unit}
     contradicted = enriched_total = single = sub_total = 0
     distinct = []
+    units_of_text: dict[str, int] = {}  # sub-sentences repeat a lot; parse each distinct one once
     for i, entry in journal.items():
         if "diversity_captions" not in entry:
             continue
@@ -262,8 +257,10 @@ def quality(raw: list[Any], journal: dict[int, dict], annotations: dict | None, 
                 contradicted += 1
             for paraphrases in caption:
                 sub_total += 1
-                units = {unit_of[s] for s in parse(paraphrases[0]).constraints if s in unit_of}
-                single += len(units) == 1
+                text = paraphrases[0]
+                if text not in units_of_text:
+                    units_of_text[text] = len({unit_of[s] for s in parse(text).constraints if s in unit_of})
+                single += units_of_text[text] == 1
                 distinct.append(len(set(paraphrases)))
     out = {"single_attribute_share": round(single / max(1, sub_total), 4),
            "mean_distinct_paraphrases": round(float(np.mean(distinct)) if distinct else 0.0, 3),
@@ -275,18 +272,20 @@ def quality(raw: list[Any], journal: dict[int, dict], annotations: dict | None, 
 
 def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto", m: int = 5, workers: int = 1,
             limit: int | None = None, seed: int = 0, batch_size: int = 64, progress: bool = True,
-            paraphraser: Callable[..., list[str]] = rule_paraphrases) -> dict:
+            paraphraser: Callable[..., list[str]] = rule_paraphrases, split: str | None = "train",
+            min_confidence: float = 0.9) -> dict:
     root, out = Path(root), Path(out)
     fmt = detect_format(root) if format == "auto" else format
     if fmt not in FORMATS:
         raise DatasetError(f"unknown dataset format {format!r}")
     _check_writable(out)
     raw, image_root, path_field = _raw_records(root, fmt)
-    items, problems = _work_items(raw, image_root, path_field)
+    items, problems = _work_items(raw, image_root, path_field, split)
     if limit is not None:
         items = items[:limit]
     journal_path = out.with_name(out.name + ".journal.jsonl")
-    meta = {"dataset": str(root.resolve()), "format": fmt, "m": m, "seed": seed, "mllm": mllm.name, "limit": limit}
+    meta = {"dataset": str(root.resolve()), "format": fmt, "m": m, "seed": seed, "mllm": mllm.name, "limit": limit, "split": split,
+            "min_confidence": min_confidence}
     meta_path = out.with_name(out.name + ".journal.meta.json")
     done: dict[int, dict] = {}
     if journal_path.exists():
@@ -307,7 +306,7 @@ def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto",
     bar = tqdm(total=len(items), initial=len(items) - len(work), desc="RDA", unit="record", disable=not progress,
                smoothing=0.05)
     ctx = RDAContext(work=work, mllm=mllm, journal=journal_path, m=m, seed=seed, batch_size=batch_size,
-                     workers=workers, paraphraser=paraphraser, progress=bar)
+                     workers=workers, paraphraser=paraphraser, min_confidence=min_confidence, progress=bar)
     if work:
         steps = 5 * (len(work) // batch_size + 2)
         build_graph().invoke({"cursor": 0, "done": 0, "counts": {}}, context=ctx, config={"recursion_limit": steps})
@@ -335,7 +334,7 @@ def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto",
         from data.synthpedes.ceiling import load_annotations
 
         annotations = {im["file_path"]: im for im in load_annotations(root)["images"]}
-    report = {"out": str(out), "records": len(raw), "processed": len(done),
+    report = {"out": str(out), "records": len(raw), "split": split or "all", "selected": len(items), "processed": len(done),
               "augmented": sum("diversity_captions" in e for e in done.values()), "skipped": skipped,
               "seconds_this_run": round(seconds, 1),
               "records_per_second": round(len(work) / seconds, 1) if work and seconds > 0 else None,
@@ -355,8 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paraphraser", choices=("rules", "llm"), default="rules",
                    help="rules (default) or llm (the --mllm chat backend paraphrases)")
     p.add_argument("--m", type=int, default=5, help="paraphrases per sub-sentence (default %(default)s)")
+    p.add_argument("--min-confidence", type=float, default=0.9,
+                   help="add an MLLM answer to a caption only at this confidence or more (default %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="concurrent MLLM requests (chat backends)")
-    p.add_argument("--limit", type=int, help="only the first N records")
+    p.add_argument("--split", default="train",
+                   help="augment the records of this split (default %(default)s; 'all' for every record); "
+                        "the others are written back unchanged")
+    p.add_argument("--limit", type=int, help="only the first N records of the split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true")
@@ -380,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--paraphraser llm needs a chat backend (openai, transformers), not {args.mllm}")
             paraphraser = LLMParaphraser(mllm.complete)
         report = run_rda(args.dir, args.out, mllm, args.format, args.m, args.workers, args.limit, args.seed,
-                         args.batch_size, not args.quiet, paraphraser)
+                         args.batch_size, not args.quiet, paraphraser, None if args.split == "all" else args.split,
+                         args.min_confidence)
     except (DatasetError, MLLMError, ValueError, FileNotFoundError, PermissionError, RuntimeError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1

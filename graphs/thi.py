@@ -107,12 +107,17 @@ def _fused(state: THIState, ctx: THIContext) -> np.ndarray:
         scores = lam * original + (1 - lam) * new
     elif anchor is not None and not user_mode:
         scores[idx.position[anchor]] = cfg.lam * original[idx.position[anchor]] + (1 - cfg.lam)
+    if anchor is not None and not user_mode and cfg.anchor_image_weight > 0:
+        # The accepted anchor is a photo of the person: its look pulls up the same person's other
+        # photos (other cameras), which the caption alone ranks lower.
+        scores = scores + cfg.anchor_image_weight * (idx.embeddings @ idx.embeddings[idx.position[anchor]])
     for image_id, v in (state.get("verified") or {}).items():
         if v.get("match") is None:
             continue
         # move by the evidence: +w for a sure match, -w for a sure contradiction, ~0 when unsure
         p_match = float(v["confidence"]) if v["match"] else 1.0 - float(v["confidence"])
-        scores[idx.position[image_id]] += cfg.verify_weight * (2.0 * p_match - 1.0)
+        weight = cfg.user_verify_weight if user_mode else cfg.verify_weight
+        scores[idx.position[image_id]] += weight * (2.0 * p_match - 1.0)
     return scores
 
 
@@ -181,12 +186,18 @@ def inspect(state: THIState, runtime: Runtime[THIContext]) -> dict:
                 pending["new_anchor"] = True
             verified[cand] = {"match": ins["match"], "confidence": ins["confidence"], "query": state["query"]}
     else:
-        inspector = AdaptiveInspector(cfg.verify_per_round, cfg.verify_window, cfg.min_yes_confidence)
+        user_mode = ctx.user is not None
+        inspector = AdaptiveInspector(cfg.user_verify_per_round if user_mode else cfg.verify_per_round,
+                                      cfg.user_verify_window if user_mode else cfg.verify_window,
+                                      cfg.min_yes_confidence)
         text = state["current_query"] if ctx.user is not None else state["query"]
         current = {i: v for i, v in verified.items() if v.get("query") == text}
         ranking_ids = [c["id"] for c in state["ranking"]]
-        budget = max(0, cfg.verify_budget - sum(len(r["inspected"]) for r in state["rounds"]))
-        for image_id in inspector.candidates(ranking_ids, current)[:budget]:
+        total = cfg.user_verify_budget if user_mode else cfg.verify_budget
+        budget = max(0, total - sum(len(r["inspected"]) for r in state["rounds"]))
+        chosen = inspector.candidates(ranking_ids, current)[:budget]
+        ctx.mllm.prefetch([ctx.index.image(i) for i in chosen])
+        for image_id in chosen:
             ins = _verify(ctx, image_id, ranking_ids.index(image_id) + 1, text)
             pending["inspected"].append(ins)
             if ins["match"] is None:

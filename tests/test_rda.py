@@ -50,9 +50,13 @@ def test_rda_output_layout_quality_and_resume(small_world, tmp_path, oracle):
     report = run_rda(small_world, out, oracle, m=4, progress=False, batch_size=8)
     raw = json.loads((small_world / "reid_raw.json").read_text())
     got = json.loads(out.read_text())
-    assert len(got) == len(raw) and report["augmented"] == len(raw)
+    train = [r for r in raw if r["split"] == "train"]
+    assert len(got) == len(raw) and report["augmented"] == len(train) < len(raw)
     for rec, orig in zip(got, raw):
         assert {k: v for k, v in rec.items() if k != "diversity_captions"} == orig
+        if orig["split"] != "train":  # only training captions are augmented
+            assert "diversity_captions" not in rec
+            continue
         assert len(rec["diversity_captions"]) == len(orig["captions"])
         for caption in rec["diversity_captions"]:
             assert caption and all(isinstance(p, list) and p and len(p) <= 4 for p in caption)
@@ -66,7 +70,7 @@ def test_rda_output_layout_quality_and_resume(small_world, tmp_path, oracle):
     out.unlink()
     again = run_rda(small_world, out, OracleMLLM(small_world), m=4, progress=False, batch_size=8)
     assert out.read_bytes() == first
-    assert again["processed"] == len(raw)
+    assert again["processed"] == len(train)
 
 
 def test_rda_skips_and_counts_bad_records(small_world, tmp_path):

@@ -126,6 +126,31 @@ def test_adaptive_anchor_adds_facts_and_moves_verified_candidates(setup):
         assert set(r) >= {"round", "query", "anchor", "questions", "answers", "rewritten_query", "topk", "mllm_calls", "ms"}
 
 
+def test_adaptive_anchor_image_pulls_up_similar_photos(setup):
+    idx = setup["index"]
+    plain = THIConfig(policy="adaptive", rounds=1, anchor_image_weight=0.0)
+    state = run(QUERY, THIContext(idx, ScriptedMLLM([True]), plain))
+    anchor = state["anchor"]
+    assert anchor is not None
+    with_image = THIConfig(policy="adaptive", rounds=1, anchor_image_weight=0.25)
+    delta = final_scores(state, THIContext(idx, ScriptedMLLM([]), with_image)) - \
+        final_scores(state, THIContext(idx, ScriptedMLLM([]), plain))
+    assert np.allclose(delta, 0.25 * (idx.embeddings @ idx.embeddings[idx.position[anchor]]), atol=1e-6)
+    # without an anchor nothing moves, whatever the weight
+    failed = run(QUERY, THIContext(idx, ScriptedMLLM([False] * 9), with_image))
+    assert failed["ranking"] == failed["original_ranking"]
+
+
+def test_with_a_user_more_candidates_are_checked_within_their_budget(setup):
+    mllm = OracleMLLM(setup["world"])
+    cfg = THIConfig(policy="adaptive", rounds=3, user_verify_per_round=4, user_verify_budget=6)
+    target = setup["index"].ids[0]
+    user = SimulatedUser(mllm, setup["index"].image(target))
+    state = run("a person", THIContext(setup["index"], mllm, cfg, user=user))
+    per_round = [len(r["inspected"]) for r in state["rounds"]]
+    assert per_round[0] == 4 and sum(per_round) <= 6
+
+
 @pytest.mark.parametrize("fail", ["verify", "ask"])
 def test_mllm_failures_are_skipped_and_traced(setup, fail):
     mllm = ScriptedMLLM([True, True, True], fail=fail)

@@ -20,10 +20,6 @@ from .embedder import Embedder
 
 #: Slots worth probing: per-photo context (background, bystanders) does not identify a person.
 PROBE_SLOTS: tuple[str, ...] = tuple(s for s in SLOTS if s not in ("action", "background", "other_people"))
-_GENERIC_ITEM = {"upper_color": "upper_type", "lower_color": "lower_type", "shoes_color": "shoes_type",
-                 "hand_object_color": "hand_object", "backpack_color": "backpack", "bag_color": "bag",
-                 "hat_color": "hat"}
-
 
 def value_prompts(slot: str) -> list[tuple[str, str]]:
     """(value, prompt) for every value of a slot the probe can tell apart."""

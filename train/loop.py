@@ -227,10 +227,13 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
     if cfg.pretrain_world and not state_path.exists():
         from .pretrain import pretrain_visual
 
-        pretrain_report = pretrain_visual(clip.visual, cfg.pretrain_world, loaded.image_size, loaded.mean, loaded.std,
-                                          cfg.pretrain_epochs, cfg.batch_size, seed=cfg.seed, device=dev,
-                                          autocast=autocast, progress=progress, workers=cfg.workers,
-                                          forbidden=dataset_dir)
+        try:
+            pretrain_report = pretrain_visual(clip.visual, cfg.pretrain_world, loaded.image_size, loaded.mean,
+                                              loaded.std, cfg.pretrain_epochs, cfg.batch_size, seed=cfg.seed,
+                                              device=dev, autocast=autocast, progress=progress, workers=cfg.workers,
+                                              forbidden=dataset_dir)
+        except (ValueError, OSError) as e:  # AnnotationError is a ValueError
+            raise TrainingError(f"pre-training world {cfg.pretrain_world}: {str(e).splitlines()[0]}") from None
         elapsed += pretrain_report["seconds"]
         clip.train()
         _atomic_write(state_path, lambda p: torch.save({

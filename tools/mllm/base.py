@@ -134,6 +134,10 @@ class MLLM(ABC):
                 answers.setdefault(s, Answer(s, None, 0.0, ""))
         return [answers[s] for s in slots]
 
+    def prefetch(self, images: Sequence[ImageRef]) -> None:
+        """A hint that these images are about to be asked about; backends that can look at many
+        images in one pass (the offline recogniser) do it here. Not a call."""
+
     def merge(self, query: str, facts: Sequence[Answer], budget: int | None = None,
               count_tokens: Callable[[str], int] | None = None) -> str:
         """One description: the query with the facts folded in (within ``budget`` tokens when given)."""

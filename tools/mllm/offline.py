@@ -56,6 +56,9 @@ class OfflineMLLM(MLLM):
                 self._probs[im.id] = p
         return [self._probs[im.id] for im in images]
 
+    def prefetch(self, images: Sequence[ImageRef]) -> None:
+        self.probabilities(images)
+
     @staticmethod
     def contradictions(probs: dict[str, dict[str, float]], constraints: dict[str, str]) -> dict[str, float]:
         """Per stated attribute: the probability that it is visible with another value."""

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from tools.attributes import NONE, SLOTS
+from tools.attributes import COLOR_PARENT, NONE, SLOTS
 
 # word or phrase -> colour value
 COLOUR_WORDS: dict[str, str] = {
@@ -210,10 +210,11 @@ def _kind(tok: _Token, kind: str):
     return None
 
 
+_COLOUR_OF = {parent: colour for colour, parent in COLOR_PARENT.items()}
+
+
 def _colour_slot(slot: str) -> str | None:
-    return {"upper_type": "upper_color", "lower_type": "lower_color", "shoes_type": "shoes_color",
-            "hand_object": "hand_object_color", "backpack": "backpack_color", "bag": "bag_color",
-            "hat": "hat_color"}.get(slot)
+    return _COLOUR_OF.get(slot)
 
 
 def _modifiers(tok: _Token) -> dict[str, str]:

@@ -1,0 +1,98 @@
+"""Training: outputs, resume after a kill, RDA captions, attribute pre-training, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+import train.loop as loop
+from data.synthpedes import WorldConfig, generate
+from graphs.rda import run_rda
+from tools.embedder import Embedder
+from tools.mllm.oracle import OracleMLLM
+from train.loop import TrainConfig, TrainingError, fit
+
+from .helpers import tiny_model_dir
+
+CFG = TrainConfig(epochs=2, batch_size=8, workers=1, warmup_epochs=0.5)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return f"local-dir:{tiny_model_dir(tmp_path_factory.mktemp('train'))}"
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_fit_writes_a_loadable_model_and_metrics(small_world, model, tmp_path):
+    out = tmp_path / "run"
+    summary = fit(small_world, out, CFG, model=model, scratch=True, progress=False)
+    metrics = _lines(out / "metrics.jsonl")
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert all(np.isfinite(m["loss"]) and 0 <= m["val"]["R1"] <= 100 for m in metrics)
+    assert summary["best"]["val"]["R1"] == max(m["val"]["R1"] for m in metrics)
+    emb = Embedder(f"local-dir:{out}")
+    feats = emb.encode_texts(["a man in a red coat", "a woman with a black backpack"])
+    assert feats.shape == (2, 32) and np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-4)
+
+
+def test_a_killed_run_resumes_where_it_stopped(small_world, model, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real = loop.evaluate_split
+    calls = {"n": 0}
+
+    def dies_in_epoch_two(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed during epoch 2's validation: epoch 2 is not saved
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "evaluate_split", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_world, out, CFG, model=model, scratch=True, progress=False)
+    assert [m["epoch"] for m in _lines(out / "metrics.jsonl")] == [1]
+    monkeypatch.setattr(loop, "evaluate_split", real)
+    fit(small_world, out, CFG, model=model, scratch=True, progress=False)
+    assert [m["epoch"] for m in _lines(out / "metrics.jsonl")] == [1, 2]  # epoch 1 not redone, nothing twice
+    # the same folder with other settings is refused instead of mixing two runs
+    with pytest.raises(TrainingError, match="different training run"):
+        fit(small_world, out, TrainConfig(epochs=3, batch_size=8, workers=1), model=model, scratch=True, progress=False)
+
+
+def test_rda_captions_enter_the_loss(small_world, model, tmp_path, monkeypatch):
+    rda = tmp_path / "rda.json"
+    run_rda(small_world, rda, OracleMLLM(small_world), m=3, progress=False)
+    seen = []
+    real = TrainConfig.rda_weight
+    monkeypatch.setattr(TrainConfig, "rda_weight", lambda self, epoch: seen.append(epoch) or real(self, epoch))
+    fit(small_world, tmp_path / "run", TrainConfig(epochs=1, batch_size=8, workers=1), model=model, scratch=True,
+        annotation_file=rda, progress=False)
+    assert seen and real(TrainConfig(), 0) == 1.0 and real(TrainConfig(), 40) == pytest.approx(0.1)
+    # without diversity captions the RDA term is never computed
+    seen.clear()
+    fit(small_world, tmp_path / "plain", TrainConfig(epochs=1, batch_size=8, workers=1), model=model, scratch=True,
+        progress=False)
+    assert not seen
+
+
+def test_attribute_pretraining_on_another_world(small_world, model, tmp_path):
+    other = tmp_path / "pretrain-world"
+    generate(other, WorldConfig(seed=99, train_ids=10, val_ids=0, test_ids=0), workers=1, progress=False)
+    cfg = TrainConfig(epochs=1, batch_size=8, workers=1, pretrain_world=str(other), pretrain_epochs=1)
+    summary = fit(small_world, tmp_path / "run", cfg, model=model, scratch=True, progress=False)
+    images = len(json.loads((other / "reid_raw.json").read_text()))
+    assert summary["pretrain"]["epochs"] == 1 and summary["pretrain"]["images"] == images > 0
+    # pre-training on the very dataset being trained and evaluated on would leak its labels
+    same = TrainConfig(epochs=1, batch_size=8, workers=1, pretrain_world=str(small_world), pretrain_epochs=1)
+    with pytest.raises((TrainingError, ValueError)):
+        fit(small_world, tmp_path / "leak", same, model=model, scratch=True, progress=False)
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
+    from train.__main__ import main
+
+    assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "missing" in err[0]
