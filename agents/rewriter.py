@@ -45,5 +45,6 @@ class Rewriter:
         from tools.mllm.parser import parse
 
         said = parse(text).constraints
-        added = [f.slot for f in facts if said.get(f.slot) == f.value]
+        # the parser reads no absences ("holds nothing"), so a fact also counts when its own sentence is there
+        added = [f.slot for f in facts if said.get(f.slot) == f.value or f.sentence() in text]
         return Rewrite(text, added, "")
