@@ -62,3 +62,12 @@ def test_noisy_verifier_flips_answers(small_world):
     always = NoisyVerifier(inner, flip=1.0)
     never = NoisyVerifier(OracleMLLM(small_world), flip=0.0)
     assert always.verify(image, rec.captions[0]).match != never.verify(image, rec.captions[0]).match
+
+
+def test_tuning_refuses_the_test_split_and_bad_settings(small_world, capsys):
+    from eval.tune_thi import main as tune_main
+
+    assert tune_main([str(small_world), "--split", "test"]) == 2
+    assert "validation split" in capsys.readouterr().err
+    assert tune_main([str(small_world), '{"no_such_knob": 1}']) == 2
+    assert "bad setting" in capsys.readouterr().err
