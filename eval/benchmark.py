@@ -38,6 +38,13 @@ def split_queries(records) -> tuple[list[str], np.ndarray, np.ndarray]:
     return texts, np.asarray(pids), np.asarray(owner)
 
 
+def sample_indices(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
+    """All of ``range(n)``, or a fixed random sample of ``limit`` of them in increasing order."""
+    if limit and limit < n:
+        return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+    return np.arange(n)
+
+
 def run_benchmark(root: str | Path, split: str = "test", format: str = "auto", model: str = DEFAULT_MODEL,
                   pretrained: str | None = None, device: str | None = None, chroma: bool = True,
                   data_dir: str | Path | None = None, url: str | None = None, progress: bool = True,

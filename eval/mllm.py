@@ -30,7 +30,7 @@ from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
 from tools.mllm import MLLM, MLLMError, make_mllm
 from tools.mllm.base import ImageRef
 
-from .benchmark import split_queries
+from .benchmark import sample_indices, split_queries
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,7 @@ def verification_pairs(root: str | Path, split: str, embedder: Embedder, limit: 
     ann = {im["file_path"]: im for im in load_annotations(root)["images"] if im["split"] == split}
     texts, qpids, owner = split_queries(records)
     stated = [c["stated"] for r in records for c in ann[r.image]["captions"]]
-    order = np.arange(len(texts))
-    if limit and limit < len(texts):
-        order = np.sort(np.random.default_rng(seed).choice(len(texts), size=limit, replace=False))
+    order = sample_indices(len(texts), limit, seed)
     img = embedder.encode_images([r.image_path for r in records], progress=False)
     txt = embedder.encode_texts([texts[q] for q in order], progress=False)
     sim = txt @ img.T
@@ -88,9 +86,7 @@ def verification_scores(mllm: MLLM, pairs: list[tuple[str, ImageRef, bool]], pro
 def attribute_accuracy(mllm: MLLM, root: str | Path, split: str, limit: int | None = None, seed: int = 0,
                        progress: bool = True) -> dict:
     images = [im for im in load_annotations(root)["images"] if im["split"] == split]
-    if limit and limit < len(images):
-        pick = np.random.default_rng(seed).choice(len(images), size=limit, replace=False)
-        images = [images[i] for i in sorted(pick)]
+    images = [images[i] for i in sample_indices(len(images), limit, seed)]
     root = Path(root)
     right = {s: 0 for s in SLOT_NAMES}
     seen = {s: 0 for s in SLOT_NAMES}
@@ -112,7 +108,6 @@ def attribute_accuracy(mllm: MLLM, root: str | Path, split: str, limit: int | No
 def fit_verifier(mllm, pairs: list[tuple[str, ImageRef, bool]], l2: float = 1e-3, steps: int = 3000) -> dict:
     """Fit the offline verifier's per-attribute weights: logistic regression of match/no-match on
     the per-attribute contradiction probabilities (non-negative weights, balanced classes)."""
-    from tools.attributes import SLOT_NAMES
     from tools.mllm.parser import parse
 
     x = np.zeros((len(pairs), len(SLOT_NAMES)))

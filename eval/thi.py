@@ -34,7 +34,7 @@ from tools.gallery import GalleryError
 from tools.mllm import MLLM, MLLMError, make_mllm
 from tools.mllm.base import ImageRef, Verdict
 
-from .benchmark import split_queries
+from .benchmark import sample_indices, split_queries
 from .metrics import METRIC_KEYS, rank_metrics, summary
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,12 @@ def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder:
     index = GalleryIndex(gallery, embedder)
     gallery_pids = np.asarray([m.get("pid", -1) for m in index.metadatas])
     texts, qpids, owner = split_queries(records)
-    order = np.arange(len(texts))
-    if limit and limit < len(texts):
-        order = np.sort(np.random.default_rng(seed).choice(len(texts), size=limit, replace=False))
+    order = sample_indices(len(texts), limit, seed)
+    backends = [mllm] + ([user_mllm] if user_mllm is not None and user_mllm is not mllm else [])
+
+    def total_calls() -> int:  # THI's and the simulated user's calls together
+        return sum(b.stats.total_calls for b in backends)
+
     graph = build_graph()
     limit_steps = recursion_limit(config)
     n_rounds = config.rounds
@@ -109,7 +112,7 @@ def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder:
         t0 = time.perf_counter()
         index.embeddings @ embedder.encode_texts([text], progress=False)[0]  # plain retrieval (uncached)
         baseline_ms.append((time.perf_counter() - t0) * 1000)
-        calls0 = mllm.stats.total_calls + (user_mllm.stats.total_calls if user_mllm is not None and user_mllm is not mllm else 0)
+        calls0 = total_calls()
         t0 = time.perf_counter()
         snapshots = []
         for values in graph.stream({"query": text}, context=ctx, config={"recursion_limit": limit_steps},
@@ -118,7 +121,7 @@ def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder:
                 snapshots.append({k: values[k] for k in ("query", "current_query", "anchor", "verified")})
             final = values
         latency.append((time.perf_counter() - t0) * 1000)
-        calls.append(mllm.stats.total_calls - calls0 + (user_mllm.stats.total_calls if user_mllm is not None and user_mllm is not mllm else 0))
+        calls.append(total_calls() - calls0)
         stops[final["stopped_because"]] = stops.get(final["stopped_because"], 0) + 1
         rounds_run.append(len(final["rounds"]))
         base = index.scores(text)

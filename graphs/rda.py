@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,18 +37,13 @@ from tqdm import tqdm
 from typing_extensions import TypedDict
 
 from data.readers import FORMATS, FORMAT_NAMES, DatasetError, detect_format, load_json_list
-from tools.attributes import COLOR_PARENT, SLOT_NAMES
+from tools.attributes import COLOR_PARENT, IDENTITY_SLOTS
 from tools.mllm import MLLM, MLLMError, make_mllm
 from tools.mllm.base import ImageRef
 from tools.mllm.parser import parse
 from tools.paraphraser import decompose, rule_paraphrases
 
 log = logging.getLogger(__name__)
-
-#: Context slots the questionnaire asks about but which describe the photo, not the person; they
-#: change between photos of one person, so RDA does not add them to a caption.
-PHOTO_SLOTS = ("action", "background", "other_people")
-
 
 class RDAItem(TypedDict, total=False):
     index: int  # position in the annotation file
@@ -65,8 +60,6 @@ class RDAItem(TypedDict, total=False):
 class RDAState(TypedDict, total=False):
     cursor: int  # position in the work list
     batch: list[RDAItem]
-    done: int
-    counts: dict[str, int]
 
 
 @dataclass
@@ -81,15 +74,15 @@ class RDAContext:
     paraphraser: Callable[..., list[str]] = rule_paraphrases
     min_confidence: float = 0.9
     progress: Any = None  # a tqdm bar or None
-    stats: dict[str, int] = field(default_factory=dict)
 
 
 def _enrich_one(item: RDAItem, mllm: MLLM, min_confidence: float = 0.0) -> RDAItem:
     if item.get("skipped"):
         return item
     try:
-        answers = mllm.ask(ImageRef(item["image_id"], Path(item["image_path"])),
-                           [s for s in SLOT_NAMES if s not in PHOTO_SLOTS])
+        # per-photo context (action, background, bystanders) changes between photos of one person:
+        # only what describes the person is added to a caption
+        answers = mllm.ask(ImageRef(item["image_id"], Path(item["image_path"])), list(IDENTITY_SLOTS))
     except MLLMError as e:
         return {**item, "skipped": f"mllm answer unusable ({e.kind}): {e}"}
     # A wrong added fact teaches the retriever a false pairing; only confident answers are added.
@@ -158,24 +151,21 @@ def paraphrase(state: RDAState, runtime: Runtime[RDAContext]) -> dict:
 
 def write(state: RDAState, runtime: Runtime[RDAContext]) -> dict:
     ctx = runtime.context
-    counts = dict(state.get("counts") or {})
     with open(ctx.journal, "a", encoding="utf-8") as f:
         for item in state["batch"]:
             entry = {"index": item["index"]}
             if item.get("skipped"):
                 entry["skipped"] = item["skipped"]
-                counts["skipped"] = counts.get("skipped", 0) + 1
             else:
                 entry["diversity_captions"] = item["diversity"]
                 entry["enriched"] = item["enriched"]
-                counts["augmented"] = counts.get("augmented", 0) + 1
             f.write(json.dumps(entry) + "\n")
         f.flush()
         os.fsync(f.fileno())
     if ctx.progress is not None:
         ctx.progress.update(len(state["batch"]))
-    return {"cursor": state["cursor"] + len(state["batch"]), "done": state.get("done", 0) + len(state["batch"]),
-            "counts": counts, "batch": []}
+    # the journal is the record of what was done; the final report is counted from it
+    return {"cursor": state["cursor"] + len(state["batch"]), "batch": []}
 
 
 def _more(state: RDAState, runtime: Runtime[RDAContext]) -> str:
@@ -206,8 +196,8 @@ def _raw_records(root: Path, fmt: str) -> tuple[list[Any], Path, str]:
 
 
 def _work_items(raw: list[Any], image_root: Path, path_field: str,
-                split: str | None = "train") -> tuple[list[RDAItem], dict[str, int]]:
-    items, problems = [], {}
+                split: str | None = "train") -> list[RDAItem]:
+    items = []
     for i, rec in enumerate(raw):
         if split and isinstance(rec, dict) and rec.get("split", split) != split:
             continue  # only training captions are augmented; other splits are written back unchanged
@@ -221,10 +211,8 @@ def _work_items(raw: list[Any], image_root: Path, path_field: str,
         else:
             item.update(captions=[c for c in rec["captions"] if isinstance(c, str)], image_id=rec[path_field],
                         image_path=str(image_root / rec[path_field]))
-        if item.get("skipped"):
-            problems[item["skipped"]] = problems.get(item["skipped"], 0) + 1
         items.append(item)
-    return items, problems
+    return items
 
 
 def _check_writable(out: Path) -> None:
@@ -280,7 +268,7 @@ def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto",
         raise DatasetError(f"unknown dataset format {format!r}")
     _check_writable(out)
     raw, image_root, path_field = _raw_records(root, fmt)
-    items, problems = _work_items(raw, image_root, path_field, split)
+    items = _work_items(raw, image_root, path_field, split)
     if limit is not None:
         items = items[:limit]
     journal_path = out.with_name(out.name + ".journal.jsonl")
@@ -309,7 +297,7 @@ def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto",
                      workers=workers, paraphraser=paraphraser, min_confidence=min_confidence, progress=bar)
     if work:
         steps = 5 * (len(work) // batch_size + 2)
-        build_graph().invoke({"cursor": 0, "done": 0, "counts": {}}, context=ctx, config={"recursion_limit": steps})
+        build_graph().invoke({"cursor": 0}, context=ctx, config={"recursion_limit": steps})
     bar.close()
     seconds = time.perf_counter() - t0
     for line in journal_path.read_text(encoding="utf-8").splitlines():

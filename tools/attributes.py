@@ -165,6 +165,8 @@ IDENTITY_SLOTS: tuple[str, ...] = tuple(s.name for s in _SLOTS if s.scope == "id
 IMAGE_SLOTS: tuple[str, ...] = tuple(s.name for s in _SLOTS if s.scope == "image")
 #: colour slot -> the slot of the item it colours
 COLOR_PARENT: dict[str, str] = {s.name: s.parent for s in _SLOTS if s.parent}
+#: item slot -> the slot of its colour
+COLOR_OF: dict[str, str] = {parent: colour for colour, parent in COLOR_PARENT.items()}
 
 _PLACE = {"street": "on a street", "park": "in a park", "indoor": "indoors", "crosswalk": "at a crosswalk"}
 _PATTERN = {"plain": "plain", "striped": "striped", "checked": "checked", "logo": "printed with a logo"}

@@ -20,7 +20,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from tools.attributes import COLOR_PARENT, NONE, PAPER_QUESTIONNAIRE, SLOTS, SURFACE_FORMS, phrase
+from tools.attributes import COLOR_OF, COLOR_PARENT, NONE, PAPER_QUESTIONNAIRE, SLOTS, SURFACE_FORMS, phrase
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def _plain(group: Group) -> list[str]:
         if COLOR_PARENT.get(s) in group:
             continue  # said together with its item
         v = group[s]
-        if s in COLOR_PARENT.values():
-            colour = next((c for c, p in COLOR_PARENT.items() if p == s and c in group), None)
+        if s in COLOR_OF:
+            colour = COLOR_OF[s] if COLOR_OF[s] in group else None
             if colour and v != NONE:
                 out.append(phrase(colour, group[colour], {s: v}))
                 continue
@@ -169,10 +169,8 @@ def _one_paraphrase(group: Group, rng: np.random.Generator, subjects: Sequence[s
         said = " and ".join(w for w in words if w)
         return _pick(rng, (f"{subj} has {hair}.", f"{subj} has got {hair}.", f"The hair is {said}.",
                            f"{subj}'s hair is {said}." if subj not in ("He", "She") else f"{subj} has {hair}."))
-    item_of = {"upper_type": "upper_color", "sleeve_length": None, "upper_color": None, "lower_type": "lower_color",
-               "lower_color": None, "lower_length": None, "shoes_type": "shoes_color", "shoes_color": None}
     for item in ("upper_type", "lower_type", "shoes_type"):
-        colour_slot = item_of[item]
+        colour_slot = COLOR_OF[item]
         if item in group or colour_slot in group:
             np_ = _pick(rng, _item_phrases(rng, group, item, colour_slot))
             verb = _pick(rng, _WEAR)
@@ -203,8 +201,8 @@ def _one_paraphrase(group: Group, rng: np.random.Generator, subjects: Sequence[s
     if first == "scarf":
         return f"{subj} {_pick(rng, _WEAR)} a scarf." if group["scarf"] != NONE else f"{subj} wears no scarf."
     if first in ("hand_object", "hand_object_color", "backpack", "backpack_color", "bag", "bag_color"):
-        item = {"hand_object_color": "hand_object", "backpack_color": "backpack", "bag_color": "bag"}.get(first, first)
-        colour_slot = {"hand_object": "hand_object_color", "backpack": "backpack_color", "bag": "bag_color"}[item]
+        item = COLOR_PARENT.get(first, first)
+        colour_slot = COLOR_OF[item]
         if group.get(item) == NONE:
             return None
         verbs = ("is holding", "holds", "has", "carries") if item == "hand_object" else _CARRY

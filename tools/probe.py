@@ -14,12 +14,12 @@ from functools import cached_property
 
 import numpy as np
 
-from tools.attributes import NONE, SLOTS, phrase
+from tools.attributes import IDENTITY_SLOTS, NONE, SLOTS, phrase
 
 from .embedder import Embedder
 
 #: Slots worth probing: per-photo context (background, bystanders) does not identify a person.
-PROBE_SLOTS: tuple[str, ...] = tuple(s for s in SLOTS if s not in ("action", "background", "other_people"))
+PROBE_SLOTS: tuple[str, ...] = IDENTITY_SLOTS
 
 def value_prompts(slot: str) -> list[tuple[str, str]]:
     """(value, prompt) for every value of a slot the probe can tell apart."""

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from tools.attributes import COLOR_PARENT, NONE, SLOTS
+from tools.attributes import COLOR_OF, NONE, SLOTS
 
 # word or phrase -> colour value
 COLOUR_WORDS: dict[str, str] = {
@@ -210,11 +210,8 @@ def _kind(tok: _Token, kind: str):
     return None
 
 
-_COLOUR_OF = {parent: colour for colour, parent in COLOR_PARENT.items()}
-
-
 def _colour_slot(slot: str) -> str | None:
-    return _COLOUR_OF.get(slot)
+    return COLOR_OF.get(slot)
 
 
 def _modifiers(tok: _Token) -> dict[str, str]:
