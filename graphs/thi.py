@@ -190,7 +190,7 @@ def inspect(state: THIState, runtime: Runtime[THIContext]) -> dict:
         inspector = AdaptiveInspector(cfg.user_verify_per_round if user_mode else cfg.verify_per_round,
                                       cfg.user_verify_window if user_mode else cfg.verify_window,
                                       cfg.min_yes_confidence)
-        text = state["current_query"] if ctx.user is not None else state["query"]
+        text = state["current_query"] if user_mode else state["query"]
         current = {i: v for i, v in verified.items() if v.get("query") == text}
         ranking_ids = [c["id"] for c in state["ranking"]]
         total = cfg.user_verify_budget if user_mode else cfg.verify_budget

@@ -75,15 +75,15 @@ def pretrain_visual(visual: torch.nn.Module, world: str | Path, image_size: tupl
             y = y_all[idx].to(device)
             with ctx:
                 feats = 10.0 * F.normalize(visual(x).float(), dim=-1)
-                loss = sum(F.cross_entropy(h(feats).float(), y[:, j]) for j, h in enumerate(heads)) / len(heads)
+                logits = [h(feats).float() for h in heads]
+                loss = sum(F.cross_entropy(lg, y[:, j]) for j, lg in enumerate(logits)) / len(heads)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
-            with torch.no_grad():
-                correct += sum(int((h(feats).argmax(-1) == y[:, j]).sum()) for j, h in enumerate(heads))
-                total += y.numel()
+            correct += sum(int((lg.detach().argmax(-1) == y[:, j]).sum()) for j, lg in enumerate(logits))
+            total += y.numel()
         history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4),
                         "train_accuracy": round(correct / max(1, total), 4)})
         log.info("attribute pre-training epoch %d: %s", epoch + 1, history[-1])

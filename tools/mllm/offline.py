@@ -30,9 +30,10 @@ class OfflineMLLM(MLLM):
     Verification is a logistic decision over per-attribute contradiction evidence: for each
     attribute the description states, the recogniser's probability that the photo visibly shows
     another value. Each attribute has its own weight because the recogniser is more reliable on
-    some (upper colour) than on others (walking vs standing); the weights are fitted on training
-    pairs (``python -m eval.mllm DIR --split train --calibrate``), as ICL tunes its MLLM's yes/no
-    answers on training captions, and stored beside the recogniser's weights.
+    some (upper colour) than on others (walking vs standing); the weights are fitted on held-out
+    pairs (``python -m eval.mllm DIR --split val --calibrate``; on the train split the recogniser
+    has seen the photos and a verifier fitted there trusts it too much) and stored beside the
+    recogniser's weights.
     """
 
     name = "offline"
