@@ -46,6 +46,7 @@ class AdaptiveInspector:
     per_round: int = 3
     window: int = 5
     min_confidence: float = 0.5
+    by: str = "rank"  # which "yes" becomes the anchor: the best-ranked, or the most confident ("confidence")
 
     def candidates(self, ranking_ids: Sequence[str], verified: Mapping[str, dict]) -> list[str]:
         """Up to ``per_round`` not-yet-verified candidates from the top ``window`` (then beyond)."""
@@ -55,9 +56,12 @@ class AdaptiveInspector:
         return fresh[: self.per_round]
 
     def anchor(self, ranking_ids: Sequence[str], verified: Mapping[str, dict]) -> str | None:
-        """The best-ranked candidate verified as a match with enough confidence."""
-        for i in ranking_ids:
-            v = verified.get(i)
-            if v and v["match"] and v["confidence"] >= self.min_confidence:
-                return i
-        return None
+        """The best-ranked (or, with ``by="confidence"``, the most confident; ties by rank) candidate
+        verified as a match with enough confidence."""
+        yes = [i for i in ranking_ids
+               if (v := verified.get(i)) and v["match"] and v["confidence"] >= self.min_confidence]
+        if not yes:
+            return None
+        if self.by == "confidence":
+            return max(yes, key=lambda i: verified[i]["confidence"])  # max keeps the first of equals
+        return yes[0]

@@ -29,6 +29,7 @@ from tools.attributes import SLOT_NAMES
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
 from tools.mllm import MLLM, MLLMError, make_mllm
 from tools.mllm.base import ImageRef
+from tools.mllm.offline import LOG_EPS, verifier_features
 
 from .benchmark import sample_indices, split_queries
 
@@ -105,19 +106,19 @@ def attribute_accuracy(mllm: MLLM, root: str | Path, split: str, limit: int | No
             "mean_accuracy": round(float(np.mean(list(acc.values()))), 4), "images": len(images)}
 
 
-def fit_verifier(mllm, pairs: list[tuple[str, ImageRef, bool]], l2: float = 1e-3, steps: int = 3000) -> dict:
-    """Fit the offline verifier's per-attribute weights: logistic regression of match/no-match on
-    the per-attribute contradiction probabilities (non-negative weights, balanced classes)."""
+def fit_verifier(mllm, pairs: list[tuple[str, ImageRef, bool]], l2: float = 1e-3, steps: int = 4000,
+                 eps: float = LOG_EPS) -> dict:
+    """Fit the offline verifier: logistic regression of match/no-match on
+    ``tools.mllm.offline.verifier_features`` of the per-attribute contradiction probabilities
+    (non-negative weights, balanced classes), then the threshold with the best balanced accuracy."""
     from tools.mllm.parser import parse
 
-    x = np.zeros((len(pairs), len(SLOT_NAMES)))
-    y = np.asarray([positive for _, _, positive in pairs], dtype=float)
     probs = mllm.probabilities([image for _, image, _ in pairs])
-    for row, ((text, _, _), p) in enumerate(zip(pairs, probs)):
-        for slot, value in mllm.contradictions(p, parse(text).constraints).items():
-            x[row, SLOT_NAMES.index(slot)] = value
+    x = np.stack([verifier_features(mllm.contradictions(p, parse(text).constraints), eps)
+                  for (text, _, _), p in zip(pairs, probs)])
+    y = np.asarray([positive for _, _, positive in pairs], dtype=float)
     sample_w = np.where(y == 1, 0.5 / max(1, y.sum()), 0.5 / max(1, (1 - y).sum()))
-    w = np.full(x.shape[1], 5.0)
+    w = np.full(x.shape[1], 1.0)
     b = 3.0
     lr = 2.0
     for _ in range(steps):
@@ -134,7 +135,10 @@ def fit_verifier(mllm, pairs: list[tuple[str, ImageRef, bool]], l2: float = 1e-3
         acc = ((p[y == 1] >= t).mean() + (p[y == 0] < t).mean()) / 2
         if acc > best[1]:
             best = (float(round(t, 3)), float(acc))
-    return {"bias": round(float(b), 4), "weights": {s: round(float(v), 4) for s, v in zip(SLOT_NAMES, w)},
+    n = len(SLOT_NAMES)
+    return {"bias": round(float(b), 4), "weights": {s: round(float(v), 4) for s, v in zip(SLOT_NAMES, w[:n])},
+            "log_weights": {s: round(float(v), 4) for s, v in zip(SLOT_NAMES, w[n:2 * n])},
+            "max_weight": round(float(w[-1]), 4), "eps": eps,
             "threshold": best[0], "fit_balanced_accuracy": round(best[1], 4), "pairs": len(pairs)}
 
 
@@ -166,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             verifier["fitted_on"] = f"{root.name}/{args.split}"
             mllm.bias, mllm.threshold = verifier["bias"], verifier["threshold"]
             mllm.slot_weights.update(verifier["weights"])
+            mllm.log_weights.update(verifier["log_weights"])
+            mllm.max_weight, mllm.eps = verifier["max_weight"], verifier["eps"]
             mllm.recogniser.save_config({"verifier": verifier})
             report["verifier"] = verifier
         report["verification"] = verification_scores(mllm, pairs, not args.quiet)

@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: bad setting: {e}", file=sys.stderr)
         return 2
     embedder = Embedder(args.model)
-    mllm = make_mllm("offline")
     for user, cfg, shown in configs:
+        # a fresh backend per setting: cached answers from the previous setting would not count as calls
+        mllm = make_mllm("offline")
         r = run_thi_benchmark(args.dir, cfg, mllm, embedder, split=args.split, user=user, limit=args.limit,
                               seed=args.seed, progress=False)
         print(json.dumps({"setting": shown, "user": user, "baseline": r["baseline"], "final": r["final"],

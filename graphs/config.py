@@ -36,7 +36,8 @@ class THIConfig:
     lam_user: float = 0.5  # adaptive, with a user: fusion weight of the original similarity
     verify_weight: float = 0.1  # adaptive: a verified candidate moves by w * (2 p(match) - 1) once there is an anchor
     min_yes_confidence: float = 0.5  # adaptive: a "yes" below this does not make an anchor
-    anchor_image_weight: float = 0.1  # adaptive, without a user: weight of image similarity to the anchor
+    anchor_by: str = "confidence"  # adaptive: the anchor is the most confident "yes" (ties: best-ranked), or "rank"
+    anchor_image_weight: float = 0.2  # adaptive, without a user: weight of image similarity to the anchor
     # With a user the facts describe the target itself, so checking many candidates against them
     # pays off (at the price of more MLLM calls; the no-user budget above follows the paper's).
     user_verify_per_round: int = 10
@@ -50,6 +51,8 @@ class THIConfig:
             raise ValueError(f"policy must be 'paper' or 'adaptive', not {self.policy!r}")
         if self.k < 1 or self.rounds < 1 or self.shortlist < self.k:
             raise ValueError("k and rounds must be >= 1 and shortlist >= k")
+        if self.anchor_by not in ("rank", "confidence"):
+            raise ValueError(f"anchor_by must be 'rank' or 'confidence', not {self.anchor_by!r}")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError("lam must be within [0, 1]")
 

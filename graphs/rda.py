@@ -272,7 +272,7 @@ def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto",
     if limit is not None:
         items = items[:limit]
     journal_path = out.with_name(out.name + ".journal.jsonl")
-    meta = {"dataset": str(root.resolve()), "format": fmt, "m": m, "seed": seed, "mllm": mllm.name, "limit": limit, "split": split,
+    meta = {"dataset": str(root.resolve()), "format": fmt, "m": m, "seed": seed, "mllm": mllm.fingerprint, "limit": limit, "split": split,
             "min_confidence": min_confidence}
     meta_path = out.with_name(out.name + ".journal.meta.json")
     done: dict[int, dict] = {}

@@ -48,7 +48,8 @@ class THIState(TypedDict, total=False):
     """The THI dialogue. ``ranking`` holds the current top candidates (a shortlist)."""
 
     query: str  # as typed
-    current_query: str  # the latest rewrite
+    current_query: str  # the latest rewrite (what the text encoder sees)
+    description: str  # the query with every fact learned (what verification checks; no token budget)
     round: int
     top1_similarity: float
     original_ranking: list[Candidate]

@@ -38,7 +38,7 @@ from agents.questioner import AdaptiveQuestioner, paper_questions, with_items
 from agents.rewriter import Rewriter
 from agents.users import HumanUser, question_payload, read_human_answers
 from tools.attributes import SLOTS
-from tools.mllm.base import Answer, MLLMError
+from tools.mllm.base import Answer, MLLMError, grammar_merge
 from tools.mllm.parser import parse
 
 from .config import THIConfig, THIContext
@@ -148,8 +148,8 @@ def retrieve(state: THIState, runtime: Runtime[THIContext]) -> dict:
     if truncated:
         log.warning("the query exceeds the %d-token budget; the encoder does not see: %r",
                     ctx.index.embedder.token_budget, truncated)
-    return {"current_query": query, "round": 0, "original_ranking": ranking, "ranking": ranking,
-            "top1_similarity": ranking[0]["score"], "verified": {}, "anchor": None, "facts": {},
+    return {"current_query": query, "description": query, "round": 0, "original_ranking": ranking,
+            "ranking": ranking, "top1_similarity": ranking[0]["score"], "verified": {}, "anchor": None, "facts": {},
             "stated": parse(query).constraints, "asked": [], "rounds": [], "truncated": truncated,
             "finished_by_user": False, "pending": {}}
 
@@ -189,8 +189,9 @@ def inspect(state: THIState, runtime: Runtime[THIContext]) -> dict:
         user_mode = ctx.user is not None
         inspector = AdaptiveInspector(cfg.user_verify_per_round if user_mode else cfg.verify_per_round,
                                       cfg.user_verify_window if user_mode else cfg.verify_window,
-                                      cfg.min_yes_confidence)
-        text = state["current_query"] if user_mode else state["query"]
+                                      cfg.min_yes_confidence, cfg.anchor_by)
+        # with a user, check candidates against everything known, not only what fitted the text encoder
+        text = (state.get("description") or state["current_query"]) if user_mode else state["query"]
         current = {i: v for i, v in verified.items() if v.get("query") == text}
         ranking_ids = [c["id"] for c in state["ranking"]]
         total = cfg.user_verify_budget if user_mode else cfg.verify_budget
@@ -288,10 +289,14 @@ def rewrite(state: THIState, runtime: Runtime[THIContext]) -> dict:
     if result.truncated:
         pending["notes"].append(f"the query alone fills the token budget; not added: facts; unseen words: {result.truncated!r}")
     dropped = [s for s in state["facts"] if s not in result.added and s not in state["stated"]]
+    description = result.text
     if dropped:
-        pending["notes"].append(f"facts left out to fit {emb.token_budget} tokens: {', '.join(dropped)}")
+        pending["notes"].append(f"facts left out to fit {emb.token_budget} tokens: {', '.join(dropped)}; "
+                                "verification still checks them")
+        # The token budget is the text encoder's, not the MLLM's: verification gets every fact.
+        description = grammar_merge(state["query"], facts)
     pending["rewritten_query"] = result.text if result.text != state["current_query"] else None
-    return {"pending": pending, "current_query": result.text}
+    return {"pending": pending, "current_query": result.text, "description": description}
 
 
 def re_retrieve(state: THIState, runtime: Runtime[THIContext]) -> dict:

@@ -71,6 +71,16 @@ def test_rda_output_layout_quality_and_resume(small_world, tmp_path, oracle):
     again = run_rda(small_world, out, OracleMLLM(small_world), m=4, progress=False, batch_size=8)
     assert out.read_bytes() == first
     assert again["processed"] == len(train)
+    # a journal written with other weights behind the same backend name is not resumed
+    class Retrained(OracleMLLM):
+        @property
+        def fingerprint(self):
+            return "oracle:other-weights"
+
+    lines = _journal(out).read_text().splitlines()
+    _journal(out).write_text("\n".join(lines[:2]) + "\n")
+    with pytest.raises(RuntimeError, match="other settings"):
+        run_rda(small_world, out, Retrained(small_world), m=4, progress=False, batch_size=8)
 
 
 def test_rda_skips_and_counts_bad_records(small_world, tmp_path):

@@ -151,6 +151,49 @@ def test_with_a_user_more_candidates_are_checked_within_their_budget(setup):
     assert per_round[0] == 4 and sum(per_round) <= 6
 
 
+class RecordingMLLM(ScriptedMLLM):
+    """Says yes to everything and records the texts it was asked to verify."""
+
+    def __init__(self, answers):
+        super().__init__([], answers=answers)
+        self.texts = []
+
+    def _verify(self, image, text):
+        self.texts.append(text)
+        return Verdict(True, 0.9, "recorded")
+
+
+def test_with_a_user_verification_checks_facts_the_text_encoder_had_no_room_for(setup):
+    from tools.mllm.parser import parse
+
+    # long answers to every question: they cannot all fit the encoder's 75 tokens
+    answers = {"gender": "female", "hair_length": "long", "hair_color": "blonde", "upper_type": "hoodie",
+               "upper_color": "beige", "sleeve_length": "long", "lower_type": "skirt", "lower_color": "white",
+               "lower_length": "long", "pattern": "checked", "shoes_type": "leather shoes", "shoes_color": "grey",
+               "eyewear": "sunglasses", "scarf": "scarf", "hand_object": "umbrella", "hand_object_color": "beige",
+               "backpack": "backpack", "backpack_color": "grey", "bag": "shoulder bag", "bag_color": "white",
+               "hat": "brimmed hat", "hat_color": "beige", "belt": "belt", "action": "running",
+               "background": "crosswalk", "other_people": "yes"}
+    mllm = RecordingMLLM(answers)
+    cfg = THIConfig(policy="adaptive", rounds=4, questions_per_round=8, user_verify_per_round=2,
+                    user_verify_budget=8)
+    user = SimulatedUser(mllm, setup["index"].image(setup["index"].ids[0]))
+    # many words, few attributes: the first round's answers no longer fit beside them
+    query = ("Someone I saw from a distance near the entrance of the old station building in the late afternoon "
+             "light, moving past the kiosk and the timetable board towards the platforms on the far side.")
+    state = run(query, THIContext(setup["index"], mllm, cfg, user=user))
+    notes = [n for r in state["rounds"] for n in r["notes"]]
+    assert any("left out to fit" in n for n in notes)
+    emb = setup["index"].embedder
+    assert emb.count_tokens(state["current_query"]) <= emb.token_budget
+    in_query = parse(state["current_query"]).constraints
+    in_description = parse(state["description"]).constraints
+    assert set(in_description) > set(in_query)  # more facts than the encoder could take
+    # the last round verified against the full description, not the budgeted query
+    assert mllm.texts[-1] != state["current_query"]
+    assert set(parse(mllm.texts[-1]).constraints) > set(in_query)
+
+
 @pytest.mark.parametrize("fail", ["verify", "ask"])
 def test_mllm_failures_are_skipped_and_traced(setup, fail):
     mllm = ScriptedMLLM([True, True, True], fail=fail)

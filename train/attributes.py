@@ -1,9 +1,10 @@
 """python -m train.attributes DIR --out FILE.safetensors: train the offline MLLM's attribute recogniser.
 
 Reads a SynthPedes folder (``attributes.json`` gives every slot's value and visibility per image),
-trains ``tools.mllm.recogniser.AttributeNet`` on the train split with caption-safe augmentation
-(flips, small shifts and zooms, brightness/contrast; never hue) and keeps the weights with the best
-mean per-slot accuracy on the val split. Prints per-slot test accuracy at the end.
+trains ``tools.mllm.recogniser.AttributeNet`` on the train split (plus the train splits of any
+``--extra-train`` worlds: more people, never the test ones) with caption-safe augmentation (flips,
+small shifts and zooms, brightness/contrast; never hue) and keeps the weights with the best mean
+per-slot accuracy on DIR's val split. Prints per-slot test accuracy at the end.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,11 +42,12 @@ def targets(images: list[dict]) -> np.ndarray:
     return out
 
 
-def split_data(root: Path, ann: dict, split: str, workers: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def split_data(root: Path, ann: dict, split: str, workers: int, progress: bool,
+               size: tuple[int, int] = INPUT_SIZE) -> tuple[np.ndarray, np.ndarray]:
     images = [im for im in ann["images"] if im["split"] == split]
     if not images:
-        return np.zeros((0, *INPUT_SIZE, 3), np.uint8), np.zeros((0, len(SLOT_NAMES)), np.int64)
-    pixels = load_all_pixels([root / "imgs" / im["file_path"] for im in images], INPUT_SIZE, workers, progress)
+        return np.zeros((0, *size, 3), np.uint8), np.zeros((0, len(SLOT_NAMES)), np.int64)
+    pixels = load_all_pixels([root / "imgs" / im["file_path"] for im in images], size, workers, progress)
     return pixels, targets(images)
 
 
@@ -70,16 +73,29 @@ def accuracy(rec: Recogniser, pixels: np.ndarray, y: np.ndarray, batch: int = 25
 
 
 def fit_recogniser(root: str | Path, out: str | Path, epochs: int = 16, batch_size: int = 128, lr: float = 2e-3,
-                   seed: int = 0, workers: int = 4, device: str | None = None, progress: bool = True) -> dict:
+                   seed: int = 0, workers: int = 4, device: str | None = None, progress: bool = True,
+                   extra_train: Sequence[str | Path] = (), net: AttributeNet | None = None) -> dict:
     root = Path(root)
     ann = load_annotations(root)
     torch.manual_seed(seed)
-    train_x, train_y = split_data(root, ann, "train", workers, progress)
+    net = net or AttributeNet()
+    size = tuple(net.config["input_size"])
+    parts = [split_data(root, ann, "train", workers, progress, size)]
+    for extra in extra_train:
+        extra = Path(extra)
+        if extra.resolve() == root.resolve():
+            raise AnnotationError(f"{extra}: --extra-train names the main folder itself")
+        parts.append(split_data(extra, load_annotations(extra), "train", workers, progress, size))
+    train_x = np.concatenate([x for x, _ in parts]) if len(parts) > 1 else parts[0][0]
+    train_y = np.concatenate([y for _, y in parts]) if len(parts) > 1 else parts[0][1]
+    del parts
     if len(train_x) == 0:
         raise AnnotationError(f"{root}: no train images in attributes.json")
-    val_x, val_y = split_data(root, ann, "val", workers, progress)
-    rec = Recogniser(AttributeNet(), device)
-    net = rec.net.train()
+    log.info("training on %d photos", len(train_x))
+    val_x, val_y = split_data(root, ann, "val", workers, progress, size)
+    rec = Recogniser(net, device)
+    # channels-last convolutions are ~1.3x faster on CPU (oneDNN) and no slower on CUDA
+    net = rec.net.to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.02)
     steps = epochs * (len(train_x) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.1)
@@ -100,7 +116,7 @@ def fit_recogniser(root: str | Path, out: str | Path, epochs: int = 16, batch_si
             x = (x - torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)) / 0.25
             y = torch.from_numpy(train_y[idx]).to(rec.device)
             with autocast:
-                logits = net(x.to(rec.device))
+                logits = net(x.to(rec.device).contiguous(memory_format=torch.channels_last))
                 loss = sum(F.cross_entropy(logits[s].float(), y[:, j]) for j, s in enumerate(SLOT_NAMES)) / len(SLOT_NAMES)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -109,12 +125,14 @@ def fit_recogniser(root: str | Path, out: str | Path, epochs: int = 16, batch_si
             losses.append(float(loss.detach()))
         acc = accuracy(rec, val_x, val_y) if len(val_x) else {}
         mean_acc = float(np.mean([acc[s] for s in SLOT_NAMES])) if acc else float(epoch)
-        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4), "val_mean_acc": round(mean_acc, 4)})
+        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4), "val_mean_acc": round(mean_acc, 4),
+                        "elapsed_s": round(time.perf_counter() - t_start, 1)})
         log.info("epoch %d: %s", epoch + 1, history[-1])
         if mean_acc >= best:
             best = mean_acc
-            rec.save(out, {"trained_on": str(root.resolve()), "epochs": epochs, "seed": seed})
-    test_x, test_y = split_data(root, ann, "test", workers, progress)
+            rec.save(out, {"trained_on": [root.resolve().name] + [Path(e).resolve().name for e in extra_train],
+                           "train_photos": len(train_x), "epochs": epochs, "seed": seed})
+    test_x, test_y = split_data(root, ann, "test", workers, progress, size)
     final = Recogniser.load(out, device)
     report = {"out": str(out), "seconds": round(time.perf_counter() - t_start, 1), "best_val_mean_acc": round(best, 4),
               "history": history}
@@ -127,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.attributes", description=__doc__.split("\n\n")[0])
     p.add_argument("dir", help="SynthPedes folder")
     p.add_argument("--out", required=True, help="weights file (.safetensors; a .json config is written beside it)")
+    p.add_argument("--extra-train", action="append", default=[], metavar="DIR",
+                   help="another SynthPedes world whose train split is added to the training photos (repeatable; "
+                        "generate one with python -m data.synthpedes --out DIR --seed S --val-ids 0 --test-ids 0)")
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -138,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     try:
         report = fit_recogniser(args.dir, args.out, args.epochs, args.batch_size, args.lr, args.seed,
-                                device=args.device, progress=not args.quiet)
+                                device=args.device, progress=not args.quiet, extra_train=args.extra_train)
     except AnnotationError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -101,6 +101,12 @@ class MLLM(ABC):
         self._cache: dict[tuple, object] = {} if cache else None  # type: ignore[assignment]
         self._lock = threading.Lock()
 
+    @property
+    def fingerprint(self) -> str:
+        """What decides this backend's answers (name, plus model and weights where known): a resumed
+        offline job (RDA) refuses to mix answers from two different fingerprints."""
+        return self.name
+
     # -- the interface ---------------------------------------------------------------------
 
     def verify(self, image: ImageRef, text: str) -> Verdict:

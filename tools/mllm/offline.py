@@ -9,12 +9,14 @@ value, weighted by how reliable the recogniser is on that attribute.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from tools.attributes import SLOTS
+from tools.attributes import SLOT_NAMES, SLOTS
 
 from .base import MLLM, Answer, ImageRef, Verdict
 from .parser import parse
@@ -22,6 +24,18 @@ from .recogniser import DEFAULT_WEIGHTS, UNSEEN, Recogniser
 
 #: answers below this probability (or mostly unseen) are "cannot tell"
 MIN_ANSWER_CONFIDENCE = 0.45
+#: floor inside the log features: a contradiction of 1.0 counts as -log(eps), not infinity
+LOG_EPS = 0.003
+
+
+def verifier_features(contradictions: dict[str, float], eps: float = LOG_EPS) -> np.ndarray:
+    """The verifier's inputs: per slot ``c`` (0 when not stated), per slot ``-log(1 - c + eps)``
+    and ``-log(1 - max c + eps)``, both shifted so that no contradiction gives 0."""
+    c = np.asarray([contradictions.get(s, 0.0) for s in SLOT_NAMES], dtype=float)
+    floor = -np.log1p(eps)
+    logs = -np.log(1.0 - c + eps) - floor
+    worst = -np.log(1.0 - c.max(initial=0.0) + eps) - floor
+    return np.concatenate([c, logs, [worst]])
 
 
 class OfflineMLLM(MLLM):
@@ -33,7 +47,10 @@ class OfflineMLLM(MLLM):
     some (upper colour) than on others (walking vs standing); the weights are fitted on held-out
     pairs (``python -m eval.mllm DIR --split val --calibrate``; on the train split the recogniser
     has seen the photos and a verifier fitted there trusts it too much) and stored beside the
-    recogniser's weights.
+    recogniser's weights. Each slot enters twice, as the contradiction ``c`` and as
+    ``-log(1 - c + eps)``, and the largest contradiction once more in log form: a near-certain
+    contradiction on a slot the recogniser is only fairly good at should still reject, which one
+    linear weight per slot cannot express.
     """
 
     name = "offline"
@@ -43,11 +60,28 @@ class OfflineMLLM(MLLM):
         super().__init__(cache=cache)
         self.recogniser = recogniser or Recogniser.load(weights, device)
         verifier = self.recogniser.config.get("verifier") or {}
-        #: logit(match) = bias - sum_s weight_s * contradiction_s; defaults: reject any slot contradicted at >= 0.5
+        #: logit(match) = bias - weight_vector . verifier_features(contradictions); without fitted
+        #: weights: reject any slot contradicted at >= 0.5
         self.bias = float(verifier.get("bias", 5.0))
         self.slot_weights = {s: float(verifier.get("weights", {}).get(s, 10.0)) for s in SLOTS}
+        # weight files fitted before the log features existed have none: their terms are zero
+        self.log_weights = {s: float(verifier.get("log_weights", {}).get(s, 0.0)) for s in SLOTS}
+        self.max_weight = float(verifier.get("max_weight", 0.0))
+        self.eps = float(verifier.get("eps", LOG_EPS))
         self.threshold = threshold if threshold is not None else float(verifier.get("threshold", 0.5))
         self._probs: dict[str, dict] = {}
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """The name plus a digest of the recogniser's weights and verifier settings."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(json.dumps(self.recogniser.config, sort_keys=True).encode())
+            for name, tensor in sorted(self.recogniser.net.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = f"{self.name}:{digest.hexdigest()[:12]}"
+        return self._fingerprint
 
     def probabilities(self, images: Sequence[ImageRef]) -> list[dict[str, dict[str, float]]]:
         """Recogniser output per image (memoised by image id; one batched pass for the new ones)."""
@@ -74,9 +108,15 @@ class OfflineMLLM(MLLM):
         slot = max(c, key=c.get)
         return c[slot], slot
 
+    @property
+    def weight_vector(self) -> np.ndarray:
+        """The weights in :func:`verifier_features` order."""
+        return np.asarray([self.slot_weights[s] for s in SLOT_NAMES] + [self.log_weights[s] for s in SLOT_NAMES]
+                          + [self.max_weight])
+
     def match_probability(self, probs: dict[str, dict[str, float]], constraints: dict[str, str]) -> float:
-        c = self.contradictions(probs, constraints)
-        logit = self.bias - sum(self.slot_weights[s] * v for s, v in c.items())
+        x = verifier_features(self.contradictions(probs, constraints), self.eps)
+        logit = self.bias - float(x @ self.weight_vector)
         return float(1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50))))
 
     def _verify(self, image: ImageRef, text: str) -> Verdict:

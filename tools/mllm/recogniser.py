@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 UNSEEN = "unseen"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "recogniser.safetensors"
-INPUT_SIZE = (128, 64)  # height, width
+INPUT_SIZE = (256, 128)  # height, width: SynthPedes' full resolution (small items need every pixel)
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 
@@ -49,21 +49,30 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class AttributeNet(nn.Module):
-    """CNN with a spatial (not pooled) head: where a colour is tells which garment it belongs to."""
+    """CNN with a spatial (not pooled) head: where a colour is tells which garment it belongs to.
+
+    ``stem`` > 0 adds one cheap stride-2 convolution in front, so a full-resolution photo costs
+    about what a half-resolution one costs without it while small items keep their pixels.
+    """
 
     def __init__(self, widths: Sequence[int] = (32, 64, 128, 192), hidden: int = 384,
-                 input_size: tuple[int, int] = INPUT_SIZE):
+                 input_size: tuple[int, int] = INPUT_SIZE, stem: int = 16):
         super().__init__()
         layers, cin = [], 3
+        if stem:
+            layers.append(nn.Sequential(nn.Conv2d(3, stem, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(stem),
+                                        nn.ReLU(inplace=True)))
+            cin = stem
         for w in widths:
             layers.append(_block(cin, w))
             cin = w
         self.features = nn.Sequential(*layers)
-        cells = (input_size[0] // 2 ** len(widths)) * (input_size[1] // 2 ** len(widths))
+        stride = 2 ** (len(widths) + (1 if stem else 0))
+        cells = (input_size[0] // stride) * (input_size[1] // stride)
         self.neck = nn.Sequential(nn.Conv2d(cin, 64, 1), nn.ReLU(inplace=True), nn.Flatten(),
                                   nn.Dropout(0.2), nn.Linear(64 * cells, hidden), nn.ReLU(inplace=True))
         self.heads = nn.ModuleDict({s: nn.Linear(hidden, len(slot_classes(s))) for s in SLOT_NAMES})
-        self.config = {"widths": list(widths), "hidden": hidden, "input_size": list(input_size)}
+        self.config = {"widths": list(widths), "hidden": hidden, "input_size": list(input_size), "stem": stem}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.neck(self.features(x))
@@ -100,7 +109,8 @@ class Recogniser:
             raise FileNotFoundError(f"recogniser weights not found: {path} (+ {config_path.name}); "
                                     f"train them with: python -m train.attributes SYNTHPEDES_DIR --out {path}")
         config = json.loads(config_path.read_text())
-        net = AttributeNet(config["widths"], config["hidden"], tuple(config["input_size"]))
+        # weights saved before the stem existed have no "stem" key and none in the network
+        net = AttributeNet(config["widths"], config["hidden"], tuple(config["input_size"]), config.get("stem", 0))
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
         net.load_state_dict(state)
         return cls(net, device, config, path)
@@ -121,10 +131,20 @@ class Recogniser:
         self.config.update(extra)
         self.path.with_suffix(".json").write_text(json.dumps(self.config, indent=2))
 
+    @property
+    def flip_average(self) -> bool:
+        """Average each photo's probabilities with its mirror image's (set in the weights' JSON)."""
+        return bool(self.config.get("flip_average", False))
+
     @torch.inference_mode()
     def predict_pixels(self, pixels: np.ndarray) -> list[dict[str, dict[str, float]]]:
-        logits = self.net(to_input(pixels).to(self.device))
-        probs = {s: torch.softmax(v.float(), dim=-1).cpu().numpy() for s, v in logits.items()}
+        x = to_input(pixels).to(self.device)
+        probs = {s: torch.softmax(v.float(), dim=-1) for s, v in self.net(x).items()}
+        if self.flip_average:
+            # left/right does not change what a person wears, and mirrored errors are partly independent
+            mirrored = self.net(x.flip(-1))
+            probs = {s: (v + torch.softmax(mirrored[s].float(), dim=-1)) / 2 for s, v in probs.items()}
+        probs = {s: v.cpu().numpy() for s, v in probs.items()}
         out = []
         for i in range(len(pixels)):
             out.append({s: dict(zip(slot_classes(s), probs[s][i].tolist())) for s in SLOT_NAMES})

@@ -1,0 +1,118 @@
+"""The offline MLLM's attribute recogniser: training (train.attributes), loading, augmentation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from data.synthpedes import WorldConfig, generate
+from tools.attributes import SLOT_NAMES
+from tools.mllm.recogniser import UNSEEN, AttributeNet, Recogniser
+from train.attributes import fit_recogniser, main
+from train.pairs import augment
+
+
+def tiny_net(stem: int = 8) -> AttributeNet:
+    return AttributeNet(widths=(8, 16), hidden=32, input_size=(64, 32), stem=stem)
+
+
+@pytest.fixture(scope="module")
+def extra_world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("extra") / "synthpedes-extra"
+    generate(out, WorldConfig(seed=8, train_ids=6, val_ids=0, test_ids=0), workers=1, progress=False)
+    return out
+
+
+def count_train(root) -> int:
+    return sum(im["split"] == "train" for im in json.loads((root / "attributes.json").read_text())["images"])
+
+
+def test_fit_with_an_extra_world_writes_loadable_weights(small_world, extra_world, tmp_path):
+    out = tmp_path / "rec.safetensors"
+    report = fit_recogniser(small_world, out, epochs=1, batch_size=16, progress=False, extra_train=[extra_world],
+                            net=tiny_net())
+    config = json.loads(out.with_suffix(".json").read_text())
+    assert config["train_photos"] == count_train(small_world) + count_train(extra_world)
+    assert config["stem"] == 8 and config["input_size"] == [64, 32]
+    assert len(config["trained_on"]) == 2
+    assert set(report["test_accuracy"]) == set(SLOT_NAMES) | {"_visible"}
+    rec = Recogniser.load(out)
+    photo = next((small_world / "imgs").rglob("*.jpg"))
+    probs = rec.predict([photo])[0]
+    assert set(probs) == set(SLOT_NAMES)
+    for slot in SLOT_NAMES:
+        assert UNSEEN in probs[slot]
+        assert sum(probs[slot].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_weights_saved_before_the_stem_existed_still_load(tmp_path):
+    net = tiny_net(stem=0)
+    path = tmp_path / "old.safetensors"
+    Recogniser(net).save(path)
+    config = json.loads(path.with_suffix(".json").read_text())
+    del config["stem"]  # the key older weight files lack
+    path.with_suffix(".json").write_text(json.dumps(config))
+    rec = Recogniser.load(path)
+    assert len(rec.net.features) == 2 and rec.net.config["stem"] == 0  # the two blocks, no stem in front
+    x = torch.zeros(1, 3, 64, 32)
+    assert torch.allclose(rec.net(x)["gender"], net.eval()(x)["gender"])
+
+
+def test_extra_world_must_not_be_the_main_one(small_world, tmp_path, capsys):
+    assert main([str(small_world), "--out", str(tmp_path / "r.safetensors"), "--extra-train", str(small_world),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "main folder" in err[0]
+
+
+def test_cli_rejects_a_folder_without_annotations(tmp_path, capsys):
+    assert main([str(tmp_path), "--out", str(tmp_path / "r.safetensors"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "attributes.json" in err[0]
+
+
+def reference_augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The straightforward form of train.pairs.augment (flip, affine_grid, then brightness/contrast)."""
+    x = pixels.permute(0, 3, 1, 2).float().div(255.0)
+    b = x.shape[0]
+    flip = torch.rand(b, generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    scale = torch.empty(b).uniform_(0.9, 1.05, generator=generator)
+    shift = torch.empty(b, 2).uniform_(-0.05, 0.05, generator=generator)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = scale
+    theta[:, 1, 1] = scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    brightness = torch.empty(b, 1, 1, 1).uniform_(0.9, 1.1, generator=generator)
+    contrast = torch.empty(b, 1, 1, 1).uniform_(0.9, 1.1, generator=generator)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (((x - mean) * contrast + mean) * brightness).clamp(0, 1)
+
+
+def test_fast_augmentation_matches_the_straightforward_one():
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (16, 40, 20, 3), dtype=np.uint8))
+    fast = augment(pixels, torch.Generator().manual_seed(3))
+    slow = reference_augment(pixels, torch.Generator().manual_seed(3))
+    assert fast.shape == (16, 3, 40, 20)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    assert not torch.allclose(fast, pixels.permute(0, 3, 1, 2).float() / 255, atol=1e-2)  # it did change the photos
+
+
+def test_flip_average_makes_predictions_mirror_invariant():
+    torch.manual_seed(0)
+    rec = Recogniser(tiny_net(), config={**tiny_net().config, "flip_average": True})
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 64, 32, 3), dtype=np.uint8)
+    a = rec.predict_pixels(pixels)
+    b = rec.predict_pixels(pixels[:, :, ::-1].copy())
+    for slot in SLOT_NAMES:
+        for value, p in a[0][slot].items():
+            assert b[0][slot][value] == pytest.approx(p, abs=1e-5)
+    rec.config["flip_average"] = False
+    c = rec.predict_pixels(pixels[:, :, ::-1].copy())
+    assert any(abs(c[0][s][v] - a[0][s][v]) > 1e-4 for s in SLOT_NAMES for v in a[0][s])  # random weights are not symmetric
