@@ -30,9 +30,14 @@ SHIPPED_MODEL_COMMAND = ("python -m train synthpedes --out runs/synthpedes-small
                          "--pretrain-world synthpedes-pretrain --pretrain-epochs 6 --epochs 24 --save-dtype fp16")
 
 
+class StepFailed(Exception):
+    pass
+
+
 def _run(cmd: list[str]) -> None:
     print("$ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode != 0:  # the step has printed its own error line
+        raise StepFailed(" ".join(["python"] + cmd[1:4]) + " ...")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="run RDA and train both models first (about 20 minutes on 2 cores)")
     p.add_argument("--from-scratch", action="store_true",
                    help="with --train: train both from random weights with the shipped recipe (2 x 50-60 minutes)")
+    p.add_argument("--restart", action="store_true",
+                   help="with --train: retrain both models from the start, discarding what their folders hold "
+                        "(otherwise a killed --train run resumes)")
     p.add_argument("--rda-out", default="runs/rda/reid_raw_rda.json", help="RDA annotation file (with --train)")
     p.add_argument("--epochs", type=int, help="epochs of both models (with --train; default 4, or 24 --from-scratch)")
     p.add_argument("--pretrain-world", default="synthpedes-pretrain",
@@ -72,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
              [sys.executable, "-m", "train", args.dir, "--out", folder(args.rda_model), "--annotations",
               args.rda_out] + common]
     if args.train:
-        for cmd in steps:
-            _run(cmd)
+        try:
+            for n, cmd in enumerate(steps):
+                _run(cmd + (["--restart"] if args.restart and n > 0 else []))
+        except StepFailed as e:
+            print(f"error: a training step failed: {e} (see its message above)", file=sys.stderr)
+            return 1
     # Recorded either way: without --train they are the commands that made the models being loaded.
     commands = [SHIPPED_MODEL_COMMAND] + [" ".join(["python"] + cmd[1:]) for cmd in steps]
     from graphs.config import THIConfig

@@ -333,7 +333,8 @@ def converge(state: THIState, runtime: Runtime[THIContext]) -> dict:
         if state.get("finished_by_user"):
             stop = USER_FINISHED
         elif state["anchor"] is None and ctx.user is None:
-            stop = NO_ANCHOR if p["round"] >= cfg.rounds or not p["inspected"] else None
+            spent = sum(len(r["inspected"]) for r in rounds)  # a spent budget leaves nothing for another round
+            stop = NO_ANCHOR if p["round"] >= cfg.rounds or not p["inspected"] or spent >= cfg.verify_budget else None
         elif not learned:
             stop = NOTHING_NEW
         elif same_top and not p.get("new_facts") and p["round"] > 1:

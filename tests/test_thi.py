@@ -102,7 +102,10 @@ def test_adaptive_failed_anchor_keeps_the_original_ranking(setup):
     state = run(QUERY, THIContext(setup["index"], mllm, cfg))
     assert state["anchor"] is None and state["stopped_because"] == NO_ANCHOR
     assert state["ranking"] == state["original_ranking"]
-    assert mllm.stats.calls["verify"] <= cfg.verify_budget
+    assert mllm.stats.calls["verify"] == cfg.verify_budget
+    # it stops in the round that spends the budget, without an empty round after it
+    assert all(r["inspected"] for r in state["rounds"])
+    assert len(state["rounds"]) == -(-cfg.verify_budget // cfg.verify_per_round)
     assert np.array_equal(final_scores(state, THIContext(setup["index"], mllm, cfg)), setup["index"].scores(QUERY))
 
 

@@ -70,6 +70,16 @@ def test_rda_captions_enter_the_loss(small_world, model, tmp_path, monkeypatch):
     fit(small_world, tmp_path / "run", TrainConfig(epochs=1, batch_size=8, workers=1), model=model, scratch=True,
         annotation_file=rda, progress=False)
     assert seen and real(TrainConfig(), 0) == 1.0 and real(TrainConfig(), 40) == pytest.approx(0.1)
+    # the finished run resumes with other loader threads, but not with other captions under the same path
+    fit(small_world, tmp_path / "run", TrainConfig(epochs=1, batch_size=8, workers=2), model=model, scratch=True,
+        annotation_file=rda, progress=False)
+    records = json.loads(rda.read_text())
+    first = next(r for r in records if r.get("diversity_captions"))
+    first["diversity_captions"] = first["diversity_captions"][:1]
+    rda.write_text(json.dumps(records))
+    with pytest.raises(TrainingError, match="different training run"):
+        fit(small_world, tmp_path / "run", TrainConfig(epochs=1, batch_size=8, workers=1), model=model, scratch=True,
+            annotation_file=rda, progress=False)
     # without diversity captions the RDA term is never computed
     seen.clear()
     fit(small_world, tmp_path / "plain", TrainConfig(epochs=1, batch_size=8, workers=1), model=model, scratch=True,

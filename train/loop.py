@@ -10,6 +10,7 @@ last finished epoch: model, optimiser, schedule; a killed run resumes from it), 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -150,6 +151,17 @@ def _lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _same_run(saved: dict | None, identity: dict) -> bool:
+    """Whether a folder's saved run identity is this run's (loader threads change nothing learned)."""
+    if saved is None:
+        return False
+
+    def learned(d: dict) -> dict:
+        return {**d, "config": {k: v for k, v in d.get("config", {}).items() if k != "workers"}}
+
+    return learned(saved) == learned(identity)
+
+
 def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig(), model: str = "synthpedes-small",
         init: str | None = None, scratch: bool = False, format: str = "auto", device: str | None = None,
         annotation_file: str | Path | None = None, progress: bool = True, restart: bool = False) -> dict:
@@ -166,11 +178,14 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
     run_identity = {"dataset": str(Path(dataset_dir).resolve()), "format": dataset.format, "model": model,
                     "init": init, "scratch": scratch, "annotation_file": str(annotation_file) if annotation_file else None,
                     "config": asdict(cfg)}
+    if annotation_file:
+        # the same path with other contents (RDA re-run with another MLLM) is another run
+        run_identity["annotation_sha256"] = hashlib.sha256(Path(annotation_file).read_bytes()).hexdigest()
     state_path = out / "state.pt"
     out.mkdir(parents=True, exist_ok=True)
     if state_path.exists() and not restart:
         saved = json.loads((out / "train_config.json").read_text()) if (out / "train_config.json").exists() else None
-        if saved != run_identity:
+        if not _same_run(saved, run_identity):
             raise TrainingError(f"{out} holds a different training run; choose another --out or pass --restart")
     elif restart:
         for name in ("state.pt", "metrics.jsonl"):
