@@ -168,11 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--calibrate applies to the offline backend")
             verifier = fit_verifier(mllm, pairs)
             verifier["fitted_on"] = f"{root.name}/{args.split}"
-            mllm.bias, mllm.threshold = verifier["bias"], verifier["threshold"]
-            mllm.slot_weights.update(verifier["weights"])
-            mllm.log_weights.update(verifier["log_weights"])
-            mllm.max_weight, mllm.eps = verifier["max_weight"], verifier["eps"]
             mllm.recogniser.save_config({"verifier": verifier})
+            mllm.use_verifier(verifier)
             report["verifier"] = verifier
         report["verification"] = verification_scores(mllm, pairs, not args.quiet)
         report["attributes"] = attribute_accuracy(mllm, root, args.split, args.limit, args.seed, not args.quiet)

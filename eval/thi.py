@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -78,23 +79,23 @@ def _aggregate(first: np.ndarray, ap: np.ndarray, inp: np.ndarray) -> dict:
     return {k: round(v, 2) for k, v in out.items()}
 
 
-def run_thi_benchmark(*args, **kwargs) -> dict:
-    """Run the THI benchmark (arguments of :func:`_run_thi_benchmark`) with one intra-op thread.
-
-    One query's work is tiny (one caption, a few photos); with torch's default 2 threads on the
-    2-core CI machine the loop ran about 3x slower, even alone on the machine."""
+@contextmanager
+def _one_intra_op_thread():
+    """One query's work is tiny (one caption, a few photos); with torch's default 2 threads on the
+    2-core CI machine the benchmark loop ran about 3x slower, even alone on the machine."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run_thi_benchmark(*args, **kwargs)
+        yield
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder: Embedder, split: str = "test",
-                       format: str = "auto", user: str = "none", user_mllm: MLLM | None = None,
-                       limit: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
-                       url: str | None = None, trace: str | Path | None = None, progress: bool = True) -> dict:
+@_one_intra_op_thread()
+def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder: Embedder, split: str = "test",
+                      format: str = "auto", user: str = "none", user_mllm: MLLM | None = None,
+                      limit: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
+                      url: str | None = None, trace: str | Path | None = None, progress: bool = True) -> dict:
     ds = read_dataset(root, format)
     records = ds.split(split)
     if not records:

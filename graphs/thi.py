@@ -154,6 +154,11 @@ def retrieve(state: THIState, runtime: Runtime[THIContext]) -> dict:
             "finished_by_user": False, "pending": {}}
 
 
+def _verifications(rounds: list[RoundRecord]) -> int:
+    """Candidates inspected so far (what the verification budget counts)."""
+    return sum(len(r["inspected"]) for r in rounds)
+
+
 def _verify(ctx: THIContext, image_id: str, rank: int, text: str) -> Inspection:
     try:
         v = ctx.mllm.verify(ctx.index.image(image_id), text)
@@ -195,7 +200,7 @@ def inspect(state: THIState, runtime: Runtime[THIContext]) -> dict:
         current = {i: v for i, v in verified.items() if v.get("query") == text}
         ranking_ids = [c["id"] for c in state["ranking"]]
         total = cfg.user_verify_budget if user_mode else cfg.verify_budget
-        budget = max(0, total - sum(len(r["inspected"]) for r in state["rounds"]))
+        budget = max(0, total - _verifications(state["rounds"]))
         chosen = inspector.candidates(ranking_ids, current)[:budget]
         ctx.mllm.prefetch([ctx.index.image(i) for i in chosen])
         for image_id in chosen:
@@ -333,8 +338,8 @@ def converge(state: THIState, runtime: Runtime[THIContext]) -> dict:
         if state.get("finished_by_user"):
             stop = USER_FINISHED
         elif state["anchor"] is None and ctx.user is None:
-            spent = sum(len(r["inspected"]) for r in rounds)  # a spent budget leaves nothing for another round
-            stop = NO_ANCHOR if p["round"] >= cfg.rounds or not p["inspected"] or spent >= cfg.verify_budget else None
+            spent = _verifications(rounds) >= cfg.verify_budget  # nothing left for another round
+            stop = NO_ANCHOR if p["round"] >= cfg.rounds or not p["inspected"] or spent else None
         elif not learned:
             stop = NOTHING_NEW
         elif same_top and not p.get("new_facts") and p["round"] > 1:

@@ -59,18 +59,23 @@ class OfflineMLLM(MLLM):
                  threshold: float | None = None, device: str | None = None, cache: bool = True):
         super().__init__(cache=cache)
         self.recogniser = recogniser or Recogniser.load(weights, device)
-        verifier = self.recogniser.config.get("verifier") or {}
-        #: logit(match) = bias - weight_vector . verifier_features(contradictions); without fitted
-        #: weights: reject any slot contradicted at >= 0.5
+        self._probs: dict[str, dict] = {}
+        self.use_verifier(self.recogniser.config.get("verifier") or {})
+        if threshold is not None:
+            self.threshold = threshold
+
+    def use_verifier(self, verifier: dict) -> None:
+        """Take the verifier's settings (the ``verifier`` section of the recogniser's JSON, as
+        ``eval.mllm --calibrate`` fits it). logit(match) = bias - weight_vector .
+        verifier_features(contradictions); without fitted weights: reject any slot contradicted at >= 0.5."""
         self.bias = float(verifier.get("bias", 5.0))
         self.slot_weights = {s: float(verifier.get("weights", {}).get(s, 10.0)) for s in SLOTS}
         # weight files fitted before the log features existed have none: their terms are zero
         self.log_weights = {s: float(verifier.get("log_weights", {}).get(s, 0.0)) for s in SLOTS}
         self.max_weight = float(verifier.get("max_weight", 0.0))
         self.eps = float(verifier.get("eps", LOG_EPS))
-        self.threshold = threshold if threshold is not None else float(verifier.get("threshold", 0.5))
-        self._probs: dict[str, dict] = {}
-        self._fingerprint: str | None = None
+        self.threshold = float(verifier.get("threshold", 0.5))
+        self._fingerprint: str | None = None  # the settings are part of it
 
     @property
     def fingerprint(self) -> str:
