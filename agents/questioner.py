@@ -3,7 +3,10 @@
 * Paper: the fixed 15-question questionnaire (every slot of ``tools.attributes``), once.
 * Adaptive (ours): the slots on which the current top candidates disagree most (mutual
   information from ``tools.probe.AttributeProbe``), skipping what the query already states and what
-  was already asked. Disagreement is what makes an answer able to reorder the candidates.
+  was already asked. Disagreement is what makes an answer able to reorder the candidates. With a
+  user who saw the target photo, the photo's context (where, doing what, anyone nearby: the
+  paper's questions 13-15) is asked too: it does not identify a person, but it singles out the
+  photo.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from tools.attributes import PAPER_QUESTIONNAIRE, SLOT_NAMES
 FALLBACK_ORDER: tuple[str, ...] = ("upper_color", "lower_color", "upper_type", "lower_type", "gender", "hair_length",
                                    "hair_color", "shoes_color", "backpack", "bag", "hat", "pattern", "shoes_type",
                                    "sleeve_length", "eyewear", "hand_object", "scarf", "belt")
+#: Per-photo context, asked only of someone who knows the target photo.
+CONTEXT_ORDER: tuple[str, ...] = ("background", "action", "other_people")
 
 
 def paper_questions() -> list[str]:
@@ -31,13 +36,15 @@ class AdaptiveQuestioner:
     disagreement: Callable[[Sequence[str]], Mapping[str, float]]
     per_round: int = 3
     min_disagreement: float = 0.02
+    include_context: bool = False  # also ask CONTEXT_ORDER (only of a user who knows the target photo)
 
     def choose(self, known: Mapping[str, str], asked: Sequence[str]) -> list[str]:
-        open_slots = [s for s in FALLBACK_ORDER if s not in known and s not in asked]
+        order = FALLBACK_ORDER + (CONTEXT_ORDER if self.include_context else ())
+        open_slots = [s for s in order if s not in known and s not in asked]
         if not open_slots:
             return []
         scores = dict(self.disagreement(open_slots))
-        ranked = sorted(open_slots, key=lambda s: (-scores.get(s, 0.0), FALLBACK_ORDER.index(s)))
+        ranked = sorted(open_slots, key=lambda s: (-scores.get(s, 0.0), order.index(s)))
         picked = [s for s in ranked if scores.get(s, 0.0) >= self.min_disagreement][: self.per_round]
         return picked
 

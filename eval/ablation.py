@@ -26,8 +26,11 @@ from tools.mllm import make_mllm
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "ablation.json"
 #: how the base (shipped) model was trained; README "Retrieval core" has the full recipe
-SHIPPED_MODEL_COMMAND = ("python -m train synthpedes --out runs/synthpedes-small --scratch "
-                         "--pretrain-world synthpedes-pretrain --pretrain-epochs 6 --epochs 24 --save-dtype fp16")
+SHIPPED_MODEL_COMMAND = ("python -m train synthpedes --out runs/synthpedes-small-v2 --scratch "
+                         "--pretrain-world synthpedes-pretrain --pretrain-world synthpedes-attr --pretrain-epochs 4 "
+                         "--epochs 22 --save-dtype fp16")
+#: the shipped recipe's attribute pre-training worlds (README "Retrieval core")
+PRETRAIN_WORLDS = ("synthpedes-pretrain", "synthpedes-attr")
 
 
 class StepFailed(Exception):
@@ -50,14 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", action="store_true",
                    help="run RDA and train both models first (about 20 minutes on 2 cores)")
     p.add_argument("--from-scratch", action="store_true",
-                   help="with --train: train both from random weights with the shipped recipe (2 x 50-60 minutes)")
+                   help="with --train: train both from random weights with the shipped recipe (2 x about 55 minutes)")
     p.add_argument("--restart", action="store_true",
-                   help="with --train: retrain both models from the start, discarding what their folders hold "
-                        "(otherwise a killed --train run resumes)")
+                   help="with --train: redo RDA and retrain both models from the start, discarding what their "
+                        "folders and the RDA journal hold (otherwise a killed --train run resumes)")
     p.add_argument("--rda-out", default="runs/rda/reid_raw_rda.json", help="RDA annotation file (with --train)")
-    p.add_argument("--epochs", type=int, help="epochs of both models (with --train; default 4, or 24 --from-scratch)")
-    p.add_argument("--pretrain-world", default="synthpedes-pretrain",
-                   help="with --from-scratch: the attribute pre-training world (the shipped recipe's)")
+    p.add_argument("--epochs", type=int, help="epochs of both models (with --train; default 4, or 22 --from-scratch)")
+    p.add_argument("--pretrain-world", action="append",
+                   help="with --from-scratch: an attribute pre-training world, repeatable "
+                        f"(default: the shipped recipe's, {' and '.join(PRETRAIN_WORLDS)})")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, help="THI on a fixed random sample of queries (default: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -70,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return model[len("local-dir:"):] if model.startswith("local-dir:") else model
 
     if args.from_scratch:
-        recipe = ["--scratch", "--epochs", str(args.epochs or 24), "--pretrain-world",
-                  args.pretrain_world, "--pretrain-epochs", "6"]
+        worlds = [x for w in (args.pretrain_world or PRETRAIN_WORLDS) for x in ("--pretrain-world", w)]
+        recipe = ["--scratch", "--epochs", str(args.epochs or 22), *worlds, "--pretrain-epochs", "4"]
     else:  # a short continuation of the shipped model at a low learning rate
         recipe = ["--epochs", str(args.epochs or 4), "--lr", "1e-4", "--warmup-epochs", "0.5"]
     common = recipe + ["--save-dtype", "fp16", "--seed", str(args.seed), "--quiet"]
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.train:
         try:
             for n, cmd in enumerate(steps):
-                _run(cmd + (["--restart"] if args.restart and n > 0 else []))
+                _run(cmd + (["--restart"] if args.restart else []))
         except StepFailed as e:
             print(f"error: a training step failed: {e} (see its message above)", file=sys.stderr)
             return 1

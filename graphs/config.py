@@ -44,6 +44,8 @@ class THIConfig:
     user_verify_window: int = 20
     user_verify_budget: int = 50
     user_verify_weight: float = 0.3
+    ask_context: bool = True  # adaptive, with a user: also ask where the person was, doing what, anyone nearby
+    user_elsewhere_factor: float = 0.5  # with a user: share of the match weight for the person seen in another context
     shortlist: int = 100  # candidates kept in the state
 
     def __post_init__(self) -> None:

@@ -261,7 +261,7 @@ def quality(raw: list[Any], journal: dict[int, dict], annotations: dict | None, 
 def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto", m: int = 5, workers: int = 1,
             limit: int | None = None, seed: int = 0, batch_size: int = 64, progress: bool = True,
             paraphraser: Callable[..., list[str]] = rule_paraphrases, split: str | None = "train",
-            min_confidence: float = 0.9) -> dict:
+            min_confidence: float = 0.9, restart: bool = False) -> dict:
     root, out = Path(root), Path(out)
     fmt = detect_format(root) if format == "auto" else format
     if fmt not in FORMATS:
@@ -276,9 +276,13 @@ def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto",
             "min_confidence": min_confidence}
     meta_path = out.with_name(out.name + ".journal.meta.json")
     done: dict[int, dict] = {}
+    if restart:  # what an earlier run journalled is discarded, whatever its settings
+        journal_path.unlink(missing_ok=True)
+        meta_path.unlink(missing_ok=True)
     if journal_path.exists():
         if not meta_path.exists() or json.loads(meta_path.read_text()) != meta:
-            raise RuntimeError(f"{journal_path} belongs to a run with other settings; delete it or choose another --out")
+            raise RuntimeError(f"{journal_path} belongs to a run with other settings (or another MLLM); "
+                               "pass --restart to discard it, or choose another --out")
         for line in journal_path.read_text(encoding="utf-8").splitlines():
             try:
                 entry = json.loads(line)
@@ -351,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="only the first N records of the split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--restart", action="store_true",
+                   help="discard what an earlier run journalled beside --out (otherwise a killed run resumes)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
@@ -373,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             paraphraser = LLMParaphraser(mllm.complete)
         report = run_rda(args.dir, args.out, mllm, args.format, args.m, args.workers, args.limit, args.seed,
                          args.batch_size, not args.quiet, paraphraser, None if args.split == "all" else args.split,
-                         args.min_confidence)
+                         args.min_confidence, restart=args.restart)
     except (DatasetError, MLLMError, ValueError, FileNotFoundError, PermissionError, RuntimeError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1

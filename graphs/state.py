@@ -18,6 +18,7 @@ class Inspection(TypedDict):
     confidence: float
     reason: str
     cached: bool
+    elsewhere: NotRequired[bool]  # with a user: the person matches, the photo's context does not
 
 
 class QA(TypedDict):
@@ -54,7 +55,7 @@ class THIState(TypedDict, total=False):
     top1_similarity: float
     original_ranking: list[Candidate]
     ranking: list[Candidate]
-    verified: dict[str, dict]  # image id -> {"match", "confidence"}
+    verified: dict[str, dict]  # image id -> {"match", "confidence", "query"[, "elsewhere"]}
     anchor: str | None
     facts: dict[str, str]  # slot -> value learned from answers
     stated: dict[str, str]  # slot -> value the query itself states

@@ -117,6 +117,8 @@ def _fused(state: THIState, ctx: THIContext) -> np.ndarray:
         # move by the evidence: +w for a sure match, -w for a sure contradiction, ~0 when unsure
         p_match = float(v["confidence"]) if v["match"] else 1.0 - float(v["confidence"])
         weight = cfg.user_verify_weight if user_mode else cfg.verify_weight
+        if v.get("elsewhere"):
+            weight *= cfg.user_elsewhere_factor  # the person, but not the photo the user saw
         scores[idx.position[image_id]] += weight * (2.0 * p_match - 1.0)
     return scores
 
@@ -169,6 +171,15 @@ def _verify(ctx: THIContext, image_id: str, rank: int, text: str) -> Inspection:
                 "reason": f"skipped: {e.kind}: {e}", "cached": False}
 
 
+def _person_description(state: THIState) -> str | None:
+    """The query with the facts about the person only, or None when no fact is about the photo's
+    context (where, doing what, anyone nearby)."""
+    facts = state.get("facts") or {}
+    if not any(SLOTS[s].scope == "image" for s in facts):
+        return None
+    return grammar_merge(state["query"], [Answer(s, v, 1.0, v) for s, v in facts.items() if SLOTS[s].scope != "image"])
+
+
 def inspect(state: THIState, runtime: Runtime[THIContext]) -> dict:
     ctx, cfg = runtime.context, runtime.context.config
     round_no = state["round"] + 1
@@ -203,13 +214,23 @@ def inspect(state: THIState, runtime: Runtime[THIContext]) -> dict:
         budget = max(0, total - _verifications(state["rounds"]))
         chosen = inspector.candidates(ranking_ids, current)[:budget]
         ctx.mllm.prefetch([ctx.index.image(i) for i in chosen])
+        person_text = _person_description(state) if user_mode else None
         for image_id in chosen:
-            ins = _verify(ctx, image_id, ranking_ids.index(image_id) + 1, text)
+            rank = ranking_ids.index(image_id) + 1
+            ins = _verify(ctx, image_id, rank, text)
+            if ins["match"] is False and person_text:
+                # The same person photographed elsewhere is still the person: a "no" to the whole
+                # description is asked again about the person alone (one more call).
+                again = _verify(ctx, image_id, rank, person_text)
+                if again["match"]:
+                    ins = {**again, "elsewhere": True,
+                           "reason": f"the person matches, the photo's context does not ({ins['reason']})"}
             pending["inspected"].append(ins)
             if ins["match"] is None:
                 pending["notes"].append(f"verification of {image_id} skipped ({ins['reason']})")
                 continue
-            verified[image_id] = {"match": ins["match"], "confidence": ins["confidence"], "query": text}
+            verified[image_id] = {"match": ins["match"], "confidence": ins["confidence"], "query": text,
+                                  **({"elsewhere": True} if ins.get("elsewhere") else {})}
         if anchor is None:
             current = {i: v for i, v in verified.items() if v.get("query") == text}
             anchor = inspector.anchor(ranking_ids, current)
@@ -230,7 +251,8 @@ def _choose_questions(state: THIState, ctx: THIContext) -> list[str]:
         per_round = cfg.questions_per_round
     known = {**state["stated"], **state["facts"]}
     top_ids = [c["id"] for c in state["ranking"][: cfg.k]]
-    questioner = AdaptiveQuestioner(lambda slots: ctx.index.disagreement(top_ids, list(slots)), per_round)
+    questioner = AdaptiveQuestioner(lambda slots: ctx.index.disagreement(top_ids, list(slots)), per_round,
+                                    include_context=ctx.user is not None and cfg.ask_context)
     return with_items(questioner.choose(known, state["asked"]))
 
 

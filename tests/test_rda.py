@@ -81,6 +81,11 @@ def test_rda_output_layout_quality_and_resume(small_world, tmp_path, oracle):
     _journal(out).write_text("\n".join(lines[:2]) + "\n")
     with pytest.raises(RuntimeError, match="other settings"):
         run_rda(small_world, out, Retrained(small_world), m=4, progress=False, batch_size=8)
+    # ... unless told to start again: then every record is redone with the new backend
+    redone = run_rda(small_world, out, Retrained(small_world), m=4, progress=False, batch_size=8, restart=True)
+    assert redone["processed"] == len(train) and out.read_bytes() == first
+    meta = json.loads(out.with_name(out.name + ".journal.meta.json").read_text())
+    assert meta["mllm"] == "oracle:other-weights"
 
 
 def test_rda_skips_and_counts_bad_records(small_world, tmp_path):

@@ -151,3 +151,30 @@ def test_ceiling_cli(small_world, capsys):
     out = json.loads(capsys.readouterr().out)
     assert 0 < out["ceiling"]["R1"] <= 100 and out["ceiling"]["R10"] >= out["ceiling"]["R1"]
     assert ceiling_main([str(small_world / "nope")]) == 1
+    assert ceiling_main([str(small_world), "--knowledge", "photo"]) == 0
+    photo = json.loads(capsys.readouterr().out)
+    assert photo["knowledge"] == "photo" and photo["ceiling"]["R1"] >= out["ceiling"]["R1"]
+
+
+def test_knowledge_ceilings_add_what_the_photo_shows_to_the_caption():
+    from data.synthpedes.ceiling import split_annotations
+    from eval.ceiling import with_knowledge
+
+    # the caption says only "red top"; the photo also shows a cap (person) and a park (context)
+    anns = [_ann(1, {"upper_color": "red", "hat": "cap", "background": "park", "belt": "belt"},
+                 visible={"belt": False}, stated=[{"upper_color": "red"}]),
+            _ann(2, {"upper_color": "red", "hat": "none", "background": "park"}),
+            _ann(3, {"upper_color": "red", "hat": "cap", "background": "street"})]
+    sa = split_annotations({"images": anns}, "test")
+    col = SLOT_NAMES.index
+    person, photo = with_knowledge(sa, "person"), with_knowledge(sa, "photo")
+    assert with_knowledge(sa, "caption") is sa
+    assert person.stated[0, col("hat")] >= 0 and person.stated[0, col("background")] < 0
+    assert photo.stated[0, col("background")] >= 0
+    assert person.stated[0, col("belt")] < 0  # not visible in the photo: nobody could say
+    scores, qp, gp = ceiling_scores(sa)
+    assert scores.tolist() == [[1, 1, 1]]
+    assert ceiling_scores(person)[0].tolist() == [[2, 1, 2]]
+    assert ceiling_scores(photo)[0].tolist() == [[3, 2, 2]]
+    with pytest.raises(ValueError):
+        with_knowledge(sa, "everything")

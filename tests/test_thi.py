@@ -166,18 +166,20 @@ class RecordingMLLM(ScriptedMLLM):
         return Verdict(True, 0.9, "recorded")
 
 
-def test_with_a_user_verification_checks_facts_the_text_encoder_had_no_room_for(setup):
-    from tools.mllm.parser import parse
-
-    # long answers to every question: they cannot all fit the encoder's 75 tokens
-    answers = {"gender": "female", "hair_length": "long", "hair_color": "blonde", "upper_type": "hoodie",
+ALL_ANSWERS = {"gender": "female", "hair_length": "long", "hair_color": "blonde", "upper_type": "hoodie",
                "upper_color": "beige", "sleeve_length": "long", "lower_type": "skirt", "lower_color": "white",
                "lower_length": "long", "pattern": "checked", "shoes_type": "leather shoes", "shoes_color": "grey",
                "eyewear": "sunglasses", "scarf": "scarf", "hand_object": "umbrella", "hand_object_color": "beige",
                "backpack": "backpack", "backpack_color": "grey", "bag": "shoulder bag", "bag_color": "white",
                "hat": "brimmed hat", "hat_color": "beige", "belt": "belt", "action": "running",
                "background": "crosswalk", "other_people": "yes"}
-    mllm = RecordingMLLM(answers)
+
+
+def test_with_a_user_verification_checks_facts_the_text_encoder_had_no_room_for(setup):
+    from tools.mllm.parser import parse
+
+    # long answers to every question: they cannot all fit the encoder's 75 tokens
+    mllm = RecordingMLLM(ALL_ANSWERS)
     cfg = THIConfig(policy="adaptive", rounds=4, questions_per_round=8, user_verify_per_round=2,
                     user_verify_budget=8)
     user = SimulatedUser(mllm, setup["index"].image(setup["index"].ids[0]))
@@ -194,7 +196,46 @@ def test_with_a_user_verification_checks_facts_the_text_encoder_had_no_room_for(
     assert set(in_description) > set(in_query)  # more facts than the encoder could take
     # the last round verified against the full description, not the budgeted query
     assert mllm.texts[-1] != state["current_query"]
-    assert set(parse(mllm.texts[-1]).constraints) > set(in_query)
+    person = lambda slots: {s for s in slots if s not in ("action", "background", "other_people")}  # noqa: E731
+    assert person(parse(mllm.texts[-1]).constraints) > person(in_query)
+
+
+
+class OtherPlaceMLLM(RecordingMLLM):
+    """Every photo shows the person, none of them in the place the user saw."""
+
+    def _verify(self, image, text):
+        from tools.mllm.parser import parse
+
+        self.texts.append(text)
+        if "background" in parse(text).constraints:
+            return Verdict(False, 0.9, "background: the photo shows a street")
+        return Verdict(True, 0.8, "the person matches")
+
+
+def test_with_a_user_the_photo_context_is_asked_and_a_no_is_rechecked_for_the_person_alone(setup, monkeypatch):
+    from tools.mllm.parser import parse
+
+    context = {"action": "running", "background": "park", "other_people": "yes"}
+    mllm = OtherPlaceMLLM({"gender": "female", "upper_color": "red", **context})
+    # every slot looks equally disputed, and one round may ask them all
+    monkeypatch.setattr(setup["index"], "disagreement", lambda ids, slots: {s: 1.0 for s in slots})
+    cfg = THIConfig(policy="adaptive", rounds=2, questions_per_round=30, user_verify_per_round=3)
+    user = SimulatedUser(mllm, setup["index"].image(setup["index"].ids[0]))
+    ctx = THIContext(setup["index"], mllm, cfg, user=user)
+    state = run("a person", ctx)
+    assert set(context) <= set(state["asked"]) and set(context) <= set(state["facts"])
+    assert set(context) <= set(parse(state["current_query"]).constraints)  # the retriever hears them
+    checked = state["rounds"][-1]["inspected"]
+    assert checked and all(i["match"] and i["elsewhere"] for i in checked)
+    assert "background" in parse(mllm.texts[-2]).constraints and "background" not in parse(mllm.texts[-1]).constraints
+    # the person elsewhere moves up, by half a full match
+    moved = final_scores(state, ctx) - final_scores({**state, "verified": {}}, ctx)
+    pos = setup["index"].position[checked[0]["id"]]
+    assert moved[pos] == pytest.approx(cfg.user_verify_weight * cfg.user_elsewhere_factor * (2 * 0.8 - 1))
+    without = THIConfig(policy="adaptive", rounds=2, questions_per_round=30, ask_context=False)
+    state = run("a person", THIContext(setup["index"], RecordingMLLM(ALL_ANSWERS), without, user=user))
+    assert not set(context) & set(state["asked"])
 
 
 @pytest.mark.parametrize("fail", ["verify", "ask"])

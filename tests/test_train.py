@@ -94,10 +94,22 @@ def test_attribute_pretraining_on_another_world(small_world, model, tmp_path):
     summary = fit(small_world, tmp_path / "run", cfg, model=model, scratch=True, progress=False)
     images = len(json.loads((other / "reid_raw.json").read_text()))
     assert summary["pretrain"]["epochs"] == 1 and summary["pretrain"]["images"] == images > 0
-    # pre-training on the very dataset being trained and evaluated on would leak its labels
-    same = TrainConfig(epochs=1, batch_size=8, workers=1, pretrain_world=str(small_world), pretrain_epochs=1)
-    with pytest.raises((TrainingError, ValueError)):
-        fit(small_world, tmp_path / "leak", same, model=model, scratch=True, progress=False)
+    # pre-training on the very dataset being trained and evaluated on would leak its labels, also in a list
+    for leak in (str(small_world), [str(other), str(small_world)]):
+        same = TrainConfig(epochs=1, batch_size=8, workers=1, pretrain_world=leak, pretrain_epochs=1)
+        with pytest.raises(TrainingError, match="must not be the dataset"):
+            fit(small_world, tmp_path / "leak", same, model=model, scratch=True, progress=False, restart=True)
+
+
+def test_attribute_pretraining_on_several_worlds(small_world, model, tmp_path):
+    worlds = [tmp_path / "w1", tmp_path / "w2"]
+    for seed, w in zip((98, 99), worlds):
+        generate(w, WorldConfig(seed=seed, train_ids=6, val_ids=0, test_ids=0), workers=1, progress=False)
+    cfg = TrainConfig(epochs=1, batch_size=8, workers=1, pretrain_world=[str(w) for w in worlds], pretrain_epochs=1)
+    summary = fit(small_world, tmp_path / "run", cfg, model=model, scratch=True, progress=False)
+    images = sum(len(json.loads((w / "reid_raw.json").read_text())) for w in worlds)
+    assert summary["pretrain"]["images"] == images
+    assert all(str(w) in summary["pretrain"]["world"] for w in worlds)
 
 
 def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
@@ -106,3 +118,10 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
     assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "missing" in err[0]
+
+
+def test_cli_pretrain_world_repeats():
+    from train.__main__ import build_parser
+
+    args = build_parser().parse_args(["d", "--out", "o", "--pretrain-world", "a", "--pretrain-world", "b"])
+    assert args.pretrain_world == ["a", "b"]

@@ -14,11 +14,12 @@ from functools import cached_property
 
 import numpy as np
 
-from tools.attributes import IDENTITY_SLOTS, NONE, SLOTS, phrase
+from tools.attributes import IDENTITY_SLOTS, NONE, SLOT_NAMES, SLOTS, phrase
 
 from .embedder import Embedder
 
-#: Slots worth probing: per-photo context (background, bystanders) does not identify a person.
+#: Slots probed by default: per-photo context (background, bystanders) does not identify a person.
+#: (It does single out a photo, so a caller that knows the target *photo* may ask for those slots too.)
 PROBE_SLOTS: tuple[str, ...] = IDENTITY_SLOTS
 
 def value_prompts(slot: str) -> list[tuple[str, str]]:
@@ -42,12 +43,12 @@ class AttributeProbe:
     def prompts(self) -> dict[str, tuple[list[str], np.ndarray]]:
         out = {}
         texts, owners = [], []
-        for slot in PROBE_SLOTS:
+        for slot in SLOT_NAMES:
             for value, prompt in value_prompts(slot):
                 texts.append(prompt)
                 owners.append((slot, value))
         emb = self.embedder.encode_texts(texts, progress=False)
-        for slot in PROBE_SLOTS:
+        for slot in SLOT_NAMES:
             idx = [i for i, (s, _) in enumerate(owners) if s == slot]
             out[slot] = ([owners[i][1] for i in idx], emb[idx])
         return out

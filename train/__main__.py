@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="architecture: shipped name, open_clip name (e.g. ViT-B-16) or local-dir:PATH (default %(default)s)")
     p.add_argument("--init", metavar="TAG_OR_FILE", help="start from these weights (pretrained tag or checkpoint file)")
     p.add_argument("--scratch", action="store_true", help="random initialisation of the architecture")
-    p.add_argument("--pretrain-world", metavar="DIR",
-                   help="a separate SynthPedes world: pre-train the image tower on its attribute annotations first")
+    p.add_argument("--pretrain-world", metavar="DIR", action="append",
+                   help="a separate SynthPedes world: pre-train the image tower on its attribute annotations first "
+                        "(repeat for several worlds; never the dataset being trained on)")
     p.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    if args.pretrain_world and len(args.pretrain_world) == 1:
+        args.pretrain_world = args.pretrain_world[0]  # one world: the same run identity as before lists existed
     names = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     if args.epochs < 1 or args.batch_size < 2:

@@ -60,8 +60,9 @@ class TrainConfig:
     rda_start: float = 1.0
     rda_decay: float = 0.03
     rda_min: float = 0.1
-    #: a separate SynthPedes world whose attribute annotations pre-train the image tower (see train/pretrain.py)
-    pretrain_world: str | None = None
+    #: separate SynthPedes worlds whose attribute annotations pre-train the image tower (see train/pretrain.py);
+    #: one path or a list of them
+    pretrain_world: str | list[str] | None = None
     pretrain_epochs: int = 6
     seed: int = 0
     precision: str = "auto"  # auto (bf16 where the CPU/GPU has it), bf16, fp32
@@ -248,7 +249,7 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
                                               device=dev, autocast=autocast, progress=progress, workers=cfg.workers,
                                               forbidden=dataset_dir)
         except (ValueError, OSError) as e:  # AnnotationError is a ValueError
-            raise TrainingError(f"pre-training world {cfg.pretrain_world}: {str(e).splitlines()[0]}") from None
+            raise TrainingError(f"attribute pre-training: {str(e).splitlines()[0]}") from None
         elapsed += pretrain_report["seconds"]
         clip.train()
         _atomic_write(state_path, lambda p: torch.save({

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,22 +30,27 @@ from .pairs import augment, load_all_pixels, normalise
 log = logging.getLogger(__name__)
 
 
-def pretrain_visual(visual: torch.nn.Module, world: str | Path, image_size: tuple[int, int], mean, std,
+def pretrain_visual(visual: torch.nn.Module, world: str | Path | Sequence[str | Path], image_size: tuple[int, int], mean, std,
                     epochs: int = 6, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
                     device: torch.device | None = None, autocast=None, progress: bool = True,
                     workers: int = 4, forbidden: str | Path | None = None) -> dict:
     """Train ``visual`` (an open_clip image tower) with one linear head per attribute slot on the
-    world's annotations (all splits); the heads are thrown away afterwards."""
+    annotations (all splits) of one or more worlds; the heads are thrown away afterwards."""
     from .attributes import targets
 
-    world = Path(world)
-    if forbidden is not None and world.resolve() == Path(forbidden).resolve():
-        raise ValueError("the pre-training world must not be the dataset being trained on")
-    ann = load_annotations(world)
-    images = ann["images"]
-    if not images:
-        raise AnnotationError(f"{world}: no annotated images")
-    pixels = load_all_pixels([world / "imgs" / im["file_path"] for im in images], image_size, workers, progress)
+    worlds = [Path(world)] if isinstance(world, (str, Path)) else [Path(w) for w in world]
+    if not worlds:
+        raise ValueError("no pre-training world given")
+    images, paths = [], []
+    for w in worlds:
+        if forbidden is not None and w.resolve() == Path(forbidden).resolve():
+            raise ValueError(f"{w}: the pre-training world must not be the dataset being trained on")
+        world_images = load_annotations(w)["images"]
+        if not world_images:
+            raise AnnotationError(f"{w}: no annotated images")
+        images += world_images
+        paths += [w / "imgs" / im["file_path"] for im in world_images]
+    pixels = load_all_pixels(paths, image_size, workers, progress)
     y_all = torch.from_numpy(targets(images))
     device = device or next(visual.parameters()).device
     with torch.no_grad():
@@ -87,5 +93,5 @@ def pretrain_visual(visual: torch.nn.Module, world: str | Path, image_size: tupl
         history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4),
                         "train_accuracy": round(correct / max(1, total), 4)})
         log.info("attribute pre-training epoch %d: %s", epoch + 1, history[-1])
-    return {"world": str(world), "images": len(images), "epochs": epochs,
+    return {"world": ", ".join(map(str, worlds)), "images": len(images), "epochs": epochs,
             "seconds": round(time.perf_counter() - t0, 1), "history": history}

@@ -1,0 +1,155 @@
+"""python -m eval.diagnose DIR {probe,fusion}: where does the retriever lose? (SynthPedes folders)
+
+* ``probe``: how well each attribute can be read *linearly* from the retrieval model's image
+  embeddings (one softmax probe per slot, fitted on the train split, scored on ``--split``), beside
+  the offline MLLM's recogniser on the same labels (a slot's value when the photo shows it, else
+  "unseen"). A retriever cannot rank by what its image embedding does not hold.
+* ``fusion``: retrieval metrics of (a) the retriever's similarity, (b) the recogniser's
+  log-probability that a photo is compatible with every attribute the caption states (as parsed by
+  the offline query parser) and (c) their sum ``similarity + weight * (b)``: how much the retriever
+  would gain from the recogniser's eyes. Diagnostic only: THI's verifier uses the same recogniser,
+  so shipping this fusion would make the verifier judge a ranking made with its own eyes.
+
+    python -m eval.diagnose synthpedes probe
+    python -m eval.diagnose synthpedes fusion --weight 0.05
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.readers import DatasetError, read_dataset
+from data.synthpedes.ceiling import AnnotationError, load_annotations
+from tools.attributes import SLOT_NAMES
+from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
+
+from .benchmark import sample_indices, split_queries
+from .metrics import rank_metrics, summary
+
+log = logging.getLogger(__name__)
+
+#: added to a compatibility probability before its log, so one confident error is not -inf
+LOG_FLOOR = 0.003
+
+
+def _split_images(root: Path, split: str, limit: int | None = None, seed: int = 0) -> list[dict]:
+    images = [im for im in load_annotations(root)["images"] if im["split"] == split]
+    if not images:
+        raise AnnotationError(f"{root}: no annotated images in split {split!r}")
+    return [images[i] for i in sample_indices(len(images), limit, seed)]
+
+
+def fit_linear_probe(x: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-4, scale: float = 10.0,
+                     steps: int = 200) -> torch.nn.Linear:
+    """A softmax classifier on (unit-norm) features, fitted with L-BFGS."""
+    xt, yt = torch.as_tensor(x, dtype=torch.float32) * scale, torch.as_tensor(y)
+    lin = torch.nn.Linear(x.shape[1], classes)
+    opt = torch.optim.LBFGS(lin.parameters(), max_iter=steps)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(lin(xt), yt) + l2 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return lin
+
+
+def probe_report(root: str | Path, embedder: Embedder, split: str = "test", train_limit: int | None = None,
+                 progress: bool = True) -> dict:
+    """Per-slot accuracy of linear probes on the retriever's image embeddings and of the recogniser."""
+    from tools.mllm.recogniser import Recogniser, slot_classes
+    from train.attributes import targets
+
+    root = Path(root)
+    train, test = _split_images(root, "train", train_limit), _split_images(root, split)
+    paths = lambda images: [root / "imgs" / im["file_path"] for im in images]  # noqa: E731
+    x_train = embedder.encode_images(paths(train), progress=progress)
+    x_test = embedder.encode_images(paths(test), progress=progress)
+    y_train, y_test = targets(train), targets(test)
+    probs = Recogniser.load().predict(paths(test))
+    probe, recogniser = {}, {}
+    with torch.inference_mode(False), torch.enable_grad():
+        for j, slot in enumerate(SLOT_NAMES):
+            classes = slot_classes(slot)
+            lin = fit_linear_probe(x_train, y_train[:, j], len(classes))
+            with torch.no_grad():
+                pred = lin(torch.as_tensor(x_test, dtype=torch.float32) * 10.0).argmax(-1).numpy()
+            probe[slot] = round(float((pred == y_test[:, j]).mean()), 4)
+            seen = np.asarray([classes.index(max(p[slot], key=p[slot].get)) for p in probs])
+            recogniser[slot] = round(float((seen == y_test[:, j]).mean()), 4)
+    return {"split": split, "train_images": len(train), "test_images": len(test), "model": embedder.name,
+            "probe": probe, "probe_mean": round(float(np.mean(list(probe.values()))), 4),
+            "recogniser": recogniser, "recogniser_mean": round(float(np.mean(list(recogniser.values()))), 4)}
+
+
+def fusion_report(root: str | Path, embedder: Embedder, split: str = "test", weight: float = 0.05,
+                  limit: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+    """Retrieval metrics of the similarity, the recogniser's caption compatibility, and their sum."""
+    from tools.mllm.parser import parse
+    from tools.mllm.recogniser import UNSEEN, Recogniser, slot_classes
+
+    records = read_dataset(root).split(split)
+    if not records:
+        raise DatasetError(f"{root}: split {split!r} is empty")
+    texts, qpids, _ = split_queries(records)
+    order = sample_indices(len(texts), limit, seed)
+    gpids = np.asarray([r.pid for r in records])
+    probs = Recogniser.load().predict([r.image_path for r in records])
+    # compatible = shows the stated value, or does not show the slot at all
+    compatible = {s: {v: np.log(np.asarray([p[s][v] + p[s][UNSEEN] for p in probs]).clip(0, 1) + LOG_FLOOR)
+                      for v in slot_classes(s)} for s in SLOT_NAMES}
+    attribute = np.zeros((len(order), len(records)), np.float32)
+    for row, q in enumerate(order):
+        for slot, value in parse(texts[q]).constraints.items():
+            if value in compatible[slot]:
+                attribute[row] += compatible[slot][value]
+    img = embedder.encode_images([r.image_path for r in records], progress=progress)
+    sim = embedder.encode_texts([texts[q] for q in order], progress=progress) @ img.T
+    qp = qpids[order]
+    return {"split": split, "queries": len(order), "model": embedder.name, "weight": weight,
+            "similarity": summary(rank_metrics(sim, qp, gpids)),
+            "recogniser": summary(rank_metrics(attribute, qp, gpids)),
+            "fused": summary(rank_metrics(sim + weight * attribute, qp, gpids))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.diagnose", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("dir", help="SynthPedes folder (needs attributes.json)")
+    p.add_argument("what", choices=("probe", "fusion"))
+    p.add_argument("--split", default="test")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--weight", type=float, default=0.05, help="fusion: weight of the recogniser term")
+    p.add_argument("--limit", type=int, help="probe: train photos used; fusion: captions used (default: all)")
+    p.add_argument("--json", metavar="OUT", help="also write the report here")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    try:
+        embedder = Embedder(args.model)
+        if args.what == "probe":
+            report = probe_report(args.dir, embedder, args.split, args.limit, progress=not args.quiet)
+        else:
+            report = fusion_report(args.dir, embedder, args.split, args.weight, args.limit, progress=not args.quiet)
+    except (AnnotationError, DatasetError, EmbedderError, FileNotFoundError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(json.dumps(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
