@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
               args.rda_out] + common]
     if args.train:
         try:
-            for n, cmd in enumerate(steps):
+            for cmd in steps:
                 _run(cmd + (["--restart"] if args.restart else []))
         except StepFailed as e:
             print(f"error: a training step failed: {e} (see its message above)", file=sys.stderr)

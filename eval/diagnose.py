@@ -35,8 +35,8 @@ from .metrics import rank_metrics, summary
 
 log = logging.getLogger(__name__)
 
-#: added to a compatibility probability before its log, so one confident error is not -inf
-LOG_FLOOR = 0.003
+#: unit-norm embeddings times this are the probes' inputs (softmax needs a wider range than +-1)
+PROBE_SCALE = 10.0
 
 
 def _split_images(root: Path, split: str, limit: int | None = None, seed: int = 0) -> list[dict]:
@@ -46,10 +46,10 @@ def _split_images(root: Path, split: str, limit: int | None = None, seed: int = 
     return [images[i] for i in sample_indices(len(images), limit, seed)]
 
 
-def fit_linear_probe(x: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-4, scale: float = 10.0,
+def fit_linear_probe(x: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-4,
                      steps: int = 200) -> torch.nn.Linear:
-    """A softmax classifier on (unit-norm) features, fitted with L-BFGS."""
-    xt, yt = torch.as_tensor(x, dtype=torch.float32) * scale, torch.as_tensor(y)
+    """A softmax classifier on ``PROBE_SCALE`` x (unit-norm) features, fitted with L-BFGS."""
+    xt, yt = torch.as_tensor(x, dtype=torch.float32) * PROBE_SCALE, torch.as_tensor(y)
     lin = torch.nn.Linear(x.shape[1], classes)
     opt = torch.optim.LBFGS(lin.parameters(), max_iter=steps)
 
@@ -82,7 +82,7 @@ def probe_report(root: str | Path, embedder: Embedder, split: str = "test", trai
             classes = slot_classes(slot)
             lin = fit_linear_probe(x_train, y_train[:, j], len(classes))
             with torch.no_grad():
-                pred = lin(torch.as_tensor(x_test, dtype=torch.float32) * 10.0).argmax(-1).numpy()
+                pred = lin(torch.as_tensor(x_test, dtype=torch.float32) * PROBE_SCALE).argmax(-1).numpy()
             probe[slot] = round(float((pred == y_test[:, j]).mean()), 4)
             seen = np.asarray([classes.index(max(p[slot], key=p[slot].get)) for p in probs])
             recogniser[slot] = round(float((seen == y_test[:, j]).mean()), 4)
@@ -94,6 +94,7 @@ def probe_report(root: str | Path, embedder: Embedder, split: str = "test", trai
 def fusion_report(root: str | Path, embedder: Embedder, split: str = "test", weight: float = 0.05,
                   limit: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Retrieval metrics of the similarity, the recogniser's caption compatibility, and their sum."""
+    from tools.mllm.offline import LOG_EPS
     from tools.mllm.parser import parse
     from tools.mllm.recogniser import UNSEEN, Recogniser, slot_classes
 
@@ -104,8 +105,9 @@ def fusion_report(root: str | Path, embedder: Embedder, split: str = "test", wei
     order = sample_indices(len(texts), limit, seed)
     gpids = np.asarray([r.pid for r in records])
     probs = Recogniser.load().predict([r.image_path for r in records])
-    # compatible = shows the stated value, or does not show the slot at all
-    compatible = {s: {v: np.log(np.asarray([p[s][v] + p[s][UNSEEN] for p in probs]).clip(0, 1) + LOG_FLOOR)
+    # compatible = shows the stated value, or does not show the slot at all (1 - the offline MLLM's
+    # contradiction), floored like its verifier's log feature so one confident error is not -inf
+    compatible = {s: {v: np.log(np.asarray([p[s][v] + p[s][UNSEEN] for p in probs]).clip(0, 1) + LOG_EPS)
                       for v in slot_classes(s)} for s in SLOT_NAMES}
     attribute = np.zeros((len(order), len(records)), np.float32)
     for row, q in enumerate(order):

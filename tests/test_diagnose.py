@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.diagnose import fit_linear_probe, fusion_report, main, probe_report
+from eval.diagnose import PROBE_SCALE, fit_linear_probe, fusion_report, main, probe_report
 from tools.attributes import SLOT_NAMES
 from tools.embedder import Embedder
 
@@ -27,7 +27,7 @@ def test_linear_probe_learns_a_separable_rule():
     y = (x @ rng.normal(size=(8, 3))).argmax(1)  # 3 classes with linear boundaries
     lin = fit_linear_probe(x, y, 3)
     with torch.no_grad():
-        acc = (lin(torch.as_tensor(x, dtype=torch.float32) * 10).argmax(-1).numpy() == y).mean()
+        acc = (lin(torch.as_tensor(x, dtype=torch.float32) * PROBE_SCALE).argmax(-1).numpy() == y).mean()
     assert acc > 0.9
 
 
