@@ -26,9 +26,9 @@ from tools.mllm import make_mllm
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "ablation.json"
 #: how the base (shipped) model was trained; README "Retrieval core" has the full recipe
-SHIPPED_MODEL_COMMAND = ("python -m train synthpedes --out runs/synthpedes-small-v2 --scratch "
+SHIPPED_MODEL_COMMAND = ("python -m train synthpedes --out runs/synthpedes-small-v3 --scratch "
                          "--pretrain-world synthpedes-pretrain --pretrain-world synthpedes-attr --pretrain-epochs 4 "
-                         "--epochs 22 --save-dtype fp16")
+                         "--text-pretrain-epochs 1 --epochs 20 --save-dtype fp16")
 #: the shipped recipe's attribute pre-training worlds (README "Retrieval core")
 PRETRAIN_WORLDS = ("synthpedes-pretrain", "synthpedes-attr")
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --train: redo RDA and retrain both models from the start, discarding what their "
                         "folders and the RDA journal hold (otherwise a killed --train run resumes)")
     p.add_argument("--rda-out", default="runs/rda/reid_raw_rda.json", help="RDA annotation file (with --train)")
-    p.add_argument("--epochs", type=int, help="epochs of both models (with --train; default 4, or 22 --from-scratch)")
+    p.add_argument("--epochs", type=int, help="epochs of both models (with --train; default 4, or 20 --from-scratch)")
     p.add_argument("--pretrain-world", action="append",
                    help="with --from-scratch: an attribute pre-training world, repeatable "
                         f"(default: the shipped recipe's, {' and '.join(PRETRAIN_WORLDS)})")
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.from_scratch:
         worlds = [x for w in (args.pretrain_world or PRETRAIN_WORLDS) for x in ("--pretrain-world", w)]
-        recipe = ["--scratch", "--epochs", str(args.epochs or 22), *worlds, "--pretrain-epochs", "4"]
+        recipe = ["--scratch", "--epochs", str(args.epochs or 20), *worlds, "--pretrain-epochs", "4",
+                  "--text-pretrain-epochs", "1"]
     else:  # a short continuation of the shipped model at a low learning rate
         recipe = ["--epochs", str(args.epochs or 4), "--lr", "1e-4", "--warmup-epochs", "0.5"]
     common = recipe + ["--save-dtype", "fp16", "--seed", str(args.seed), "--quiet"]

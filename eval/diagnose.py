@@ -1,9 +1,12 @@
-"""python -m eval.diagnose DIR {probe,fusion}: where does the retriever lose? (SynthPedes folders)
+"""python -m eval.diagnose DIR {probe,text,fusion}: where does the retriever lose? (SynthPedes folders)
 
 * ``probe``: how well each attribute can be read *linearly* from the retrieval model's image
   embeddings (one softmax probe per slot, fitted on the train split, scored on ``--split``), beside
   the offline MLLM's recogniser on the same labels (a slot's value when the photo shows it, else
   "unseen"). A retriever cannot rank by what its image embedding does not hold.
+* ``text``: the same for the text side: per slot, how well a linear probe on the retriever's
+  caption embeddings reads the value a caption states (or that it states none), fitted on the train
+  split's captions, scored on ``--split``'s. A detail the text embedding drops cannot be matched.
 * ``fusion``: retrieval metrics of (a) the retriever's similarity, (b) the recogniser's
   log-probability that a photo is compatible with every attribute the caption states (as parsed by
   the offline query parser) and (c) their sum ``similarity + weight * (b)``: how much the retriever
@@ -11,6 +14,7 @@
   so shipping this fusion would make the verifier judge a ranking made with its own eyes.
 
     python -m eval.diagnose synthpedes probe
+    python -m eval.diagnose synthpedes text
     python -m eval.diagnose synthpedes fusion --weight 0.05
 """
 
@@ -91,6 +95,36 @@ def probe_report(root: str | Path, embedder: Embedder, split: str = "test", trai
             "recogniser": recogniser, "recogniser_mean": round(float(np.mean(list(recogniser.values()))), 4)}
 
 
+def text_probe_report(root: str | Path, embedder: Embedder, split: str = "test", train_limit: int | None = None,
+                      progress: bool = True) -> dict:
+    """Per-slot accuracy of linear probes on the retriever's caption embeddings, on the captions
+    that state the slot (``stated``) and on those that do not (``not_stated``)."""
+    from train.pretrain import split_captions, text_classes
+
+    root = Path(root)
+    x_train_texts, y_train = split_captions(root, "train")
+    x_test_texts, y_test = split_captions(root, split)
+    keep = sample_indices(len(x_train_texts), train_limit, 0)
+    x_train = embedder.encode_texts([x_train_texts[i] for i in keep], progress=progress)
+    y_train = y_train[keep]
+    x_test = embedder.encode_texts(x_test_texts, progress=progress)
+    stated, not_stated, counts = {}, {}, {}
+    with torch.inference_mode(False), torch.enable_grad():
+        for j, slot in enumerate(SLOT_NAMES):
+            none = len(text_classes(slot)) - 1
+            lin = fit_linear_probe(x_train, y_train[:, j], none + 1)
+            with torch.no_grad():
+                pred = lin(torch.as_tensor(x_test, dtype=torch.float32) * PROBE_SCALE).argmax(-1).numpy()
+            said = y_test[:, j] != none
+            counts[slot] = int(said.sum())
+            if said.any():
+                stated[slot] = round(float((pred[said] == y_test[said, j]).mean()), 4)
+            not_stated[slot] = round(float((pred[~said] == none).mean()), 4) if (~said).any() else None
+    return {"split": split, "train_captions": len(keep), "test_captions": len(x_test_texts), "model": embedder.name,
+            "stated": stated, "stated_mean": round(float(np.mean(list(stated.values()))), 4),
+            "not_stated": not_stated, "captions_stating": counts}
+
+
 def fusion_report(root: str | Path, embedder: Embedder, split: str = "test", weight: float = 0.05,
                   limit: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Retrieval metrics of the similarity, the recogniser's caption compatibility, and their sum."""
@@ -128,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("dir", help="SynthPedes folder (needs attributes.json)")
-    p.add_argument("what", choices=("probe", "fusion"))
+    p.add_argument("what", choices=("probe", "text", "fusion"))
     p.add_argument("--split", default="test")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--weight", type=float, default=0.05, help="fusion: weight of the recogniser term")
-    p.add_argument("--limit", type=int, help="probe: train photos used; fusion: captions used (default: all)")
+    p.add_argument("--limit", type=int,
+                   help="probe: train photos used; text: train captions used; fusion: captions used (default: all)")
     p.add_argument("--json", metavar="OUT", help="also write the report here")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -141,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         embedder = Embedder(args.model)
         if args.what == "probe":
             report = probe_report(args.dir, embedder, args.split, args.limit, progress=not args.quiet)
+        elif args.what == "text":
+            report = text_probe_report(args.dir, embedder, args.split, args.limit, progress=not args.quiet)
         else:
             report = fusion_report(args.dir, embedder, args.split, args.weight, args.limit, progress=not args.quiet)
     except (AnnotationError, DatasetError, EmbedderError, FileNotFoundError) as e:

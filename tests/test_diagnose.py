@@ -56,3 +56,40 @@ def test_cli_writes_json_and_refuses_a_folder_without_annotations(small_world, t
     assert main([str(tmp_path / "nope"), "probe", "--model", model, "--quiet"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def test_text_probe_scores_stated_and_unstated_captions(small_world, embedder):
+    from eval.diagnose import text_probe_report
+
+    report = text_probe_report(small_world, embedder, "test", progress=False)
+    assert report["test_captions"] > 0 and set(report["stated"]) <= set(SLOT_NAMES)
+    # every slot a test caption states is scored, and only those
+    assert {s for s, n in report["captions_stating"].items() if n} == set(report["stated"])
+    assert all(0.0 <= v <= 1.0 for v in report["stated"].values())
+    assert 0.0 <= report["stated_mean"] <= 1.0
+
+
+class _BagOfWords:
+    """An 'embedder' whose caption embedding is its word counts: gender words are linearly readable."""
+
+    name = "bag-of-words"
+
+    def __init__(self, texts):
+        words = sorted({w for t in texts for w in t.lower().replace(".", " ").replace(",", " ").split()})
+        self.index = {w: i for i, w in enumerate(words)}
+
+    def encode_texts(self, texts, progress=None):
+        out = np.zeros((len(texts), len(self.index) + 1), np.float32)
+        for i, t in enumerate(texts):
+            for w in t.lower().replace(".", " ").replace(",", " ").split():
+                out[i, self.index.get(w, len(self.index))] += 1
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_text_probe_reads_what_the_text_embedding_holds(small_world):
+    from eval.diagnose import text_probe_report
+
+    records = json.loads((small_world / "reid_raw.json").read_text())
+    report = text_probe_report(small_world, _BagOfWords([c for r in records for c in r["captions"]]), "test",
+                               progress=False)
+    assert report["stated"]["gender"] >= 0.9

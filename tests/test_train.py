@@ -125,3 +125,63 @@ def test_cli_pretrain_world_repeats():
 
     args = build_parser().parse_args(["d", "--out", "o", "--pretrain-world", "a", "--pretrain-world", "b"])
     assert args.pretrain_world == ["a", "b"]
+
+
+def test_stated_captions_label_what_each_caption_says(small_world):
+    from tools.attributes import SLOT_NAMES
+    from train.pretrain import NOT_STATED, stated_captions, text_classes
+
+    texts, y = stated_captions(small_world)
+    ann = json.loads((small_world / "attributes.json").read_text())["images"]
+    raw = {r["file_path"]: r["captions"] for r in json.loads((small_world / "reid_raw.json").read_text())}
+    want = [(text, cap["stated"]) for im in ann for text, cap in zip(raw[im["file_path"]], im["captions"])]
+    assert len(texts) == len(want) == len(y)
+    for i in (0, len(want) // 2, len(want) - 1):
+        text, stated = want[i]
+        assert texts[i] == text
+        labels = {s: text_classes(s)[y[i, j]] for j, s in enumerate(SLOT_NAMES)}
+        assert {s: v for s, v in labels.items() if v != NOT_STATED} == stated
+
+
+def test_text_pretraining_learns_and_leaves_the_image_tower_alone(small_world, model, tmp_path):
+    import torch
+
+    from tools.embedder import load_clip
+    from train.pretrain import pretrain_text
+
+    torch.manual_seed(0)
+    loaded = load_clip(model)
+    visual_before = {k: v.clone() for k, v in loaded.model.visual.state_dict().items()}
+    report = pretrain_text(loaded.model, small_world, loaded.tokenizer, epochs=6, batch_size=16, lr=3e-3,
+                           progress=False)
+    hist = report["history"]
+    records = json.loads((small_world / "reid_raw.json").read_text())
+    assert report["captions"] == sum(len(r["captions"]) for r in records)
+    assert hist[-1]["loss"] < hist[0]["loss"] and hist[-1]["train_accuracy"] > hist[0]["train_accuracy"]
+    for k, v in loaded.model.visual.state_dict().items():
+        assert torch.equal(v, visual_before[k]), k
+
+
+def test_text_pretraining_in_fit_and_cli(small_world, model, tmp_path, capsys):
+    from train.__main__ import main
+
+    other = tmp_path / "pretrain-world"
+    generate(other, WorldConfig(seed=97, train_ids=6, val_ids=0, test_ids=0), workers=1, progress=False)
+    cfg = TrainConfig(epochs=1, batch_size=8, workers=1, pretrain_world=str(other), pretrain_epochs=1,
+                      text_pretrain_epochs=1)
+    summary = fit(small_world, tmp_path / "run", cfg, model=model, scratch=True, progress=False)
+    captions = sum(len(r["captions"]) for r in json.loads((other / "reid_raw.json").read_text()))
+    assert summary["pretrain"]["text"]["captions"] == captions
+    # without a world there are no captions to pre-train on: one clear line, nothing trained
+    assert main([str(small_world), "--out", str(tmp_path / "o"), "--text-pretrain-epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--pretrain-world" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_run_saved_before_a_setting_existed_still_resumes():
+    identity = {"dataset": "d", "config": loop.asdict(CFG)}
+    older = {"dataset": "d", "config": {k: v for k, v in loop.asdict(CFG).items() if k != "text_pretrain_epochs"}}
+    assert loop._same_run(older, identity)
+    changed = {"dataset": "d", "config": {**loop.asdict(CFG), "text_pretrain_epochs": 2}}
+    assert not loop._same_run(changed, identity)

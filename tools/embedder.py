@@ -28,6 +28,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+import tools.towers  # noqa: F401  (registers our image towers with timm for open_clip configs)
+
 log = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"

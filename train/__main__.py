@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a separate SynthPedes world: pre-train the image tower on its attribute annotations first "
                         "(repeat for several worlds; never the dataset being trained on)")
     p.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs)
+    p.add_argument("--text-pretrain-epochs", type=int, default=d.text_pretrain_epochs,
+                   help="with --pretrain-world: then pre-train the text tower to read what those worlds' captions "
+                        "state (default %(default)s: no)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -65,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         args.pretrain_world = args.pretrain_world[0]  # one world: the same run identity as before lists existed
     names = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    if args.text_pretrain_epochs and not args.pretrain_world:
+        print("error: --text-pretrain-epochs needs --pretrain-world (the captions come from those worlds)", file=sys.stderr)
+        return 2
     if args.epochs < 1 or args.batch_size < 2:
         print("error: --epochs must be >= 1 and --batch-size >= 2", file=sys.stderr)
         return 2

@@ -64,6 +64,8 @@ class TrainConfig:
     #: one path or a list of them
     pretrain_world: str | list[str] | None = None
     pretrain_epochs: int = 6
+    #: epochs of text-tower pre-training on the same worlds' captions (what each states); 0 = none
+    text_pretrain_epochs: int = 0
     seed: int = 0
     precision: str = "auto"  # auto (bf16 where the CPU/GPU has it), bf16, fp32
     val_split: str = "val"
@@ -157,8 +159,12 @@ def _same_run(saved: dict | None, identity: dict) -> bool:
     if saved is None:
         return False
 
+    defaults = asdict(TrainConfig())
+
     def learned(d: dict) -> dict:
-        return {**d, "config": {k: v for k, v in d.get("config", {}).items() if k != "workers"}}
+        # settings added after a run was saved are absent from it, which is the same as their default
+        cfg = {**{k: v for k, v in defaults.items() if k not in d.get("config", {})}, **d.get("config", {})}
+        return {**d, "config": {k: v for k, v in cfg.items() if k != "workers"}}
 
     return learned(saved) == learned(identity)
 
@@ -251,6 +257,17 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
         except (ValueError, OSError) as e:  # AnnotationError is a ValueError
             raise TrainingError(f"attribute pre-training: {str(e).splitlines()[0]}") from None
         elapsed += pretrain_report["seconds"]
+        if cfg.text_pretrain_epochs > 0:
+            from .pretrain import pretrain_text
+
+            try:
+                text_report = pretrain_text(clip, cfg.pretrain_world, loaded.tokenizer, cfg.text_pretrain_epochs,
+                                            cfg.batch_size, seed=cfg.seed, device=dev, autocast=autocast,
+                                            progress=progress, forbidden=dataset_dir)
+            except (ValueError, OSError) as e:
+                raise TrainingError(f"text pre-training: {str(e).splitlines()[0]}") from None
+            elapsed += text_report["seconds"]
+            pretrain_report = {**pretrain_report, "text": text_report}
         clip.train()
         _atomic_write(state_path, lambda p: torch.save({
             "model": clip.state_dict(), "optimizer": opt.state_dict(), "head": None, "attr_heads": None,

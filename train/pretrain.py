@@ -1,4 +1,4 @@
-"""Attribute pre-training of the image tower on a *separate* SynthPedes world.
+"""Attribute pre-training of the image and text towers on *separate* SynthPedes worlds.
 
 Retrieval models in the literature start from image towers pre-trained elsewhere (ImageNet, CLIP,
 pedestrian-attribute datasets such as PA-100K). Nothing like that can be downloaded here, so the
@@ -7,7 +7,15 @@ attribute annotations teach the image tower to see colours, garments and accesso
 right places before contrastive training teaches the text tower to point at them. The training
 split of the retrieval dataset is still used through its captions only.
 
+The text tower gets the same treatment from the same worlds' captions: a linear head per slot
+reads, from the caption's embedding, the value the caption states (or "not stated"). Without it,
+contrastive training on 26k captions leaves much of what a caption says out of its embedding
+(linear probes on the previous shipped model's test captions read a stated shoe colour 49% of
+the time, a bag colour 72%): a detail the text tower drops cannot be matched however well the
+image tower sees it.
+
 >>> pretrain_visual(clip.visual, "synthpedes-pretrain", (128, 128), mean, std, epochs=6)  # doctest: +SKIP
+>>> pretrain_text(clip, "synthpedes-pretrain", tokenizer, epochs=1)                    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,6 +38,109 @@ from .pairs import augment, load_all_pixels, normalise
 log = logging.getLogger(__name__)
 
 
+NOT_STATED = "not stated"
+
+
+def _worlds(world: str | Path | Sequence[str | Path], forbidden: str | Path | None) -> list[Path]:
+    worlds = [Path(world)] if isinstance(world, (str, Path)) else [Path(w) for w in world]
+    if not worlds:
+        raise ValueError("no pre-training world given")
+    for w in worlds:
+        if forbidden is not None and w.resolve() == Path(forbidden).resolve():
+            raise ValueError(f"{w}: the pre-training world must not be the dataset being trained on")
+    return worlds
+
+
+def stated_captions(world: Path) -> tuple[list[str], np.ndarray]:
+    """Every caption of a world (all splits) and [N, S] class indices of what it states: the slot's
+    value, or its last class, "not stated"."""
+    return split_captions(world, None)
+
+
+def split_captions(world: Path, split: str | None) -> tuple[list[str], np.ndarray]:
+    """``stated_captions`` of one split (``None``: all)."""
+    import json
+
+    raw_path = world / "reid_raw.json"
+    if not raw_path.is_file():
+        raise AnnotationError(f"{world}: no reid_raw.json (captions)")
+    texts_by_file = {r["file_path"]: r["captions"] for r in json.loads(raw_path.read_text())}
+    texts, rows = [], []
+    for im in load_annotations(world)["images"]:
+        if split is not None and im["split"] != split:
+            continue
+        captions = texts_by_file.get(im["file_path"])
+        if captions is None or len(captions) != len(im["captions"]):
+            raise AnnotationError(f"{world}: captions of {im['file_path']} do not match its annotations")
+        for text, cap in zip(captions, im["captions"]):
+            texts.append(text)
+            rows.append([text_classes(s).index(cap["stated"][s]) if s in cap["stated"] else len(text_classes(s)) - 1
+                         for s in SLOT_NAMES])
+    if not texts:
+        raise AnnotationError(f"{world}: no captions" + (f" in split {split!r}" if split else ""))
+    return texts, np.asarray(rows, dtype=np.int64)
+
+
+def text_classes(slot: str) -> list[str]:
+    from tools.attributes import SLOTS
+
+    return list(SLOTS[slot].values) + [NOT_STATED]
+
+
+def pretrain_text(clip: torch.nn.Module, world: str | Path | Sequence[str | Path], tokenizer, epochs: int = 1,
+                  batch_size: int = 128, lr: float = 1e-3, seed: int = 0, device: torch.device | None = None,
+                  autocast=None, progress: bool = True, forbidden: str | Path | None = None) -> dict:
+    """Train the text tower of ``clip`` (``encode_text``) with one linear head per slot on what the
+    captions of one or more worlds state; the heads are thrown away afterwards."""
+    from tools.embedder import encode_text
+
+    texts, y = [], []
+    for w in _worlds(world, forbidden):
+        t, labels = stated_captions(w)
+        texts += t
+        y.append(labels)
+    y_all = torch.from_numpy(np.concatenate(y))
+    tokens = tokenizer(texts)
+    device = device or next(clip.parameters()).device
+    with torch.no_grad():
+        dim = int(encode_text(clip, tokens[:1].to(device)).shape[-1])
+    heads = torch.nn.ModuleList(torch.nn.Linear(dim, len(text_classes(s))) for s in SLOT_NAMES).to(device)
+    params = [p for n, p in clip.named_parameters() if not n.startswith("visual.")] + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.02)
+    steps = max(1, epochs * (len(texts) // batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    rng = np.random.default_rng(seed + 1)
+    clip.train()
+    t0 = time.perf_counter()
+    history = []
+    ctx = autocast if autocast is not None else torch.autocast(device.type, enabled=False)
+    for epoch in range(epochs):
+        order = rng.permutation(len(texts))
+        n = len(order) // batch_size
+        correct = total = 0
+        losses = []
+        for b in tqdm(range(n), desc=f"text pre-training {epoch + 1}/{epochs}", unit="batch",
+                      disable=not progress, mininterval=2.0):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            yb = y_all[idx].to(device)
+            with ctx:
+                feats = 10.0 * F.normalize(encode_text(clip, tokens[idx].to(device)).float(), dim=-1)
+                logits = [h(feats).float() for h in heads]
+                loss = sum(F.cross_entropy(lg, yb[:, j]) for j, lg in enumerate(logits)) / len(heads)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            correct += sum(int((lg.detach().argmax(-1) == yb[:, j]).sum()) for j, lg in enumerate(logits))
+            total += yb.numel()
+        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4),
+                        "train_accuracy": round(correct / max(1, total), 4)})
+        log.info("text pre-training epoch %d: %s", epoch + 1, history[-1])
+    return {"captions": len(texts), "epochs": epochs, "seconds": round(time.perf_counter() - t0, 1),
+            "history": history}
+
+
 def pretrain_visual(visual: torch.nn.Module, world: str | Path | Sequence[str | Path], image_size: tuple[int, int], mean, std,
                     epochs: int = 6, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
                     device: torch.device | None = None, autocast=None, progress: bool = True,
@@ -38,13 +149,9 @@ def pretrain_visual(visual: torch.nn.Module, world: str | Path | Sequence[str | 
     annotations (all splits) of one or more worlds; the heads are thrown away afterwards."""
     from .attributes import targets
 
-    worlds = [Path(world)] if isinstance(world, (str, Path)) else [Path(w) for w in world]
-    if not worlds:
-        raise ValueError("no pre-training world given")
+    worlds = _worlds(world, forbidden)
     images, paths = [], []
     for w in worlds:
-        if forbidden is not None and w.resolve() == Path(forbidden).resolve():
-            raise ValueError(f"{w}: the pre-training world must not be the dataset being trained on")
         world_images = load_annotations(w)["images"]
         if not world_images:
             raise AnnotationError(f"{w}: no annotated images")
