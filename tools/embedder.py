@@ -28,8 +28,6 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-import tools.towers  # noqa: F401  (registers our image towers with timm for open_clip configs)
-
 log = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -130,6 +128,8 @@ def load_clip(model: str = DEFAULT_MODEL, pretrained: str | None = None, device:
         random_init: build the architecture with random weights (training from scratch).
     """
     import open_clip
+
+    import tools.towers  # noqa: F401  registers our image towers with timm (here: importing timm costs ~2 s)
 
     device = pick_device(str(device) if device else None)
     shipped = shipped_models()

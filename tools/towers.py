@@ -14,8 +14,8 @@ which garment it belongs to.
 >>> register_towers()
 >>> model = open_clip.CLIP(**cfg)                      # doctest: +SKIP
 
-The module registers on import (``tools.embedder`` imports it), so any model config naming a tower
-here loads wherever the embedder is used.
+The module registers on import (``tools.embedder.load_clip`` imports it), so any model config
+naming a tower here loads wherever the embedder loads a model.
 """
 
 from __future__ import annotations

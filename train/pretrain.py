@@ -87,6 +87,46 @@ def text_classes(slot: str) -> list[str]:
     return list(SLOTS[slot].values) + [NOT_STATED]
 
 
+def _train_slot_heads(model_params: list, batch_input, encode, dim: int, y_all: torch.Tensor, classes: Sequence[int],
+                      epochs: int, batch_size: int, lr: float, seed: int, device: torch.device, autocast,
+                      progress: bool, desc: str) -> list[dict]:
+    """The loop both pre-trainings share: one linear head per slot on ``10 * normalise(encode(x))``,
+    ``x = batch_input(idx)`` made outside autocast, mean cross-entropy over slots, AdamW with a
+    one-cycle schedule; returns the per-epoch history."""
+    heads = torch.nn.ModuleList(torch.nn.Linear(dim, n) for n in classes).to(device)
+    opt = torch.optim.AdamW(list(model_params) + list(heads.parameters()), lr=lr, weight_decay=0.02)
+    steps = max(1, epochs * (len(y_all) // batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    rng = np.random.default_rng(seed)
+    history = []
+    ctx = autocast if autocast is not None else torch.autocast(device.type, enabled=False)
+    for epoch in range(epochs):
+        order = rng.permutation(len(y_all))
+        n = len(order) // batch_size
+        correct = total = 0
+        losses = []
+        for b in tqdm(range(n), desc=f"{desc} {epoch + 1}/{epochs}", unit="batch",
+                      disable=not progress, mininterval=2.0):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            x = batch_input(idx)
+            y = y_all[idx].to(device)
+            with ctx:
+                feats = 10.0 * F.normalize(encode(x).float(), dim=-1)
+                logits = [h(feats).float() for h in heads]
+                loss = sum(F.cross_entropy(lg, y[:, j]) for j, lg in enumerate(logits)) / len(heads)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            correct += sum(int((lg.detach().argmax(-1) == y[:, j]).sum()) for j, lg in enumerate(logits))
+            total += y.numel()
+        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4),
+                        "train_accuracy": round(correct / max(1, total), 4)})
+        log.info("%s epoch %d: %s", desc, epoch + 1, history[-1])
+    return history
+
+
 def pretrain_text(clip: torch.nn.Module, world: str | Path | Sequence[str | Path], tokenizer, epochs: int = 1,
                   batch_size: int = 128, lr: float = 1e-3, seed: int = 0, device: torch.device | None = None,
                   autocast=None, progress: bool = True, forbidden: str | Path | None = None) -> dict:
@@ -104,39 +144,13 @@ def pretrain_text(clip: torch.nn.Module, world: str | Path | Sequence[str | Path
     device = device or next(clip.parameters()).device
     with torch.no_grad():
         dim = int(encode_text(clip, tokens[:1].to(device)).shape[-1])
-    heads = torch.nn.ModuleList(torch.nn.Linear(dim, len(text_classes(s))) for s in SLOT_NAMES).to(device)
-    params = [p for n, p in clip.named_parameters() if not n.startswith("visual.")] + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.02)
-    steps = max(1, epochs * (len(texts) // batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    rng = np.random.default_rng(seed + 1)
     clip.train()
     t0 = time.perf_counter()
-    history = []
-    ctx = autocast if autocast is not None else torch.autocast(device.type, enabled=False)
-    for epoch in range(epochs):
-        order = rng.permutation(len(texts))
-        n = len(order) // batch_size
-        correct = total = 0
-        losses = []
-        for b in tqdm(range(n), desc=f"text pre-training {epoch + 1}/{epochs}", unit="batch",
-                      disable=not progress, mininterval=2.0):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            yb = y_all[idx].to(device)
-            with ctx:
-                feats = 10.0 * F.normalize(encode_text(clip, tokens[idx].to(device)).float(), dim=-1)
-                logits = [h(feats).float() for h in heads]
-                loss = sum(F.cross_entropy(lg, yb[:, j]) for j, lg in enumerate(logits)) / len(heads)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            correct += sum(int((lg.detach().argmax(-1) == yb[:, j]).sum()) for j, lg in enumerate(logits))
-            total += yb.numel()
-        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4),
-                        "train_accuracy": round(correct / max(1, total), 4)})
-        log.info("text pre-training epoch %d: %s", epoch + 1, history[-1])
+    history = _train_slot_heads(
+        [p for n, p in clip.named_parameters() if not n.startswith("visual.")],
+        lambda idx: tokens[idx].to(device), lambda x: encode_text(clip, x), dim, y_all,
+        [len(text_classes(s)) for s in SLOT_NAMES], epochs, batch_size, lr, seed + 1, device, autocast, progress,
+        "text pre-training")
     return {"captions": len(texts), "epochs": epochs, "seconds": round(time.perf_counter() - t0, 1),
             "history": history}
 
@@ -164,41 +178,16 @@ def pretrain_visual(visual: torch.nn.Module, world: str | Path | Sequence[str | 
         dim = int(visual(torch.zeros(1, 3, *image_size, device=device)).shape[-1])
     from tools.mllm.recogniser import slot_classes
 
-    heads = torch.nn.ModuleList(torch.nn.Linear(dim, len(slot_classes(s))) for s in SLOT_NAMES).to(device)
-    params = list(visual.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.02)
-    steps = max(1, epochs * (len(images) // batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
+
+    def batch_input(idx: np.ndarray) -> torch.Tensor:
+        batch = pixels[idx] if isinstance(pixels, torch.Tensor) else torch.from_numpy(pixels[idx])
+        return normalise(augment(batch, gen), mean, std).to(device)
+
     visual.train()
     t0 = time.perf_counter()
-    history = []
-    ctx = autocast if autocast is not None else torch.autocast(device.type, enabled=False)
-    for epoch in range(epochs):
-        order = rng.permutation(len(images))
-        n = len(order) // batch_size
-        correct = total = 0
-        losses = []
-        for b in tqdm(range(n), desc=f"attribute pre-training {epoch + 1}/{epochs}", unit="batch",
-                      disable=not progress, mininterval=2.0):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            x = normalise(augment(pixels[idx] if isinstance(pixels, torch.Tensor) else torch.from_numpy(pixels[idx]), gen),
-                          mean, std).to(device)
-            y = y_all[idx].to(device)
-            with ctx:
-                feats = 10.0 * F.normalize(visual(x).float(), dim=-1)
-                logits = [h(feats).float() for h in heads]
-                loss = sum(F.cross_entropy(lg, y[:, j]) for j, lg in enumerate(logits)) / len(heads)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            correct += sum(int((lg.detach().argmax(-1) == y[:, j]).sum()) for j, lg in enumerate(logits))
-            total += y.numel()
-        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4),
-                        "train_accuracy": round(correct / max(1, total), 4)})
-        log.info("attribute pre-training epoch %d: %s", epoch + 1, history[-1])
+    history = _train_slot_heads(list(visual.parameters()), batch_input, visual, dim, y_all,
+                                [len(slot_classes(s)) for s in SLOT_NAMES], epochs, batch_size, lr, seed, device,
+                                autocast, progress, "attribute pre-training")
     return {"world": ", ".join(map(str, worlds)), "images": len(images), "epochs": epochs,
             "seconds": round(time.perf_counter() - t0, 1), "history": history}
