@@ -6,8 +6,12 @@ Pure decisions over plain values (ids, ranks, similarities, verdicts); the graph
   query's top-1 similarity s1 decides whether a "yes" is accepted: in round 1 only if s1 > xi, in
   later rounds only if every earlier answer was "no" and s1 <= xi. The first accepted candidate is
   the anchor and the query is refined once.
-* Adaptive (ours): several unverified candidates from the top of the *current* ranking per round;
-  the anchor is the best-ranked candidate verified "yes" with enough confidence.
+* Adaptive (ours), sequential search (default without a user): candidates of the *current*
+  ranking are verified one at a time, best-ranked first, down to a depth; the first confident
+  "yes" is the anchor and the search stops there. Most queries need one or two calls, which pays
+  for going deeper on the queries whose top candidates are wrong.
+* Adaptive, batch search: several unverified candidates from the top of the current ranking per
+  round; the anchor is the best-ranked (or most confident) candidate verified "yes".
 """
 
 from __future__ import annotations
@@ -55,11 +59,18 @@ class AdaptiveInspector:
             fresh = [i for i in ranking_ids[self.window: self.window * 3] if i not in verified]
         return fresh[: self.per_round]
 
+    def search_order(self, ranking_ids: Sequence[str], verified: Mapping[str, dict], depth: int) -> list[str]:
+        """Sequential search: the not-yet-verified candidates among the top ``depth``, best first."""
+        return [i for i in ranking_ids[:depth] if i not in verified]
+
+    def accepts(self, match: bool | None, confidence: float) -> bool:
+        """Whether a verdict makes its candidate the anchor (a "yes" with enough confidence)."""
+        return bool(match) and confidence >= self.min_confidence
+
     def anchor(self, ranking_ids: Sequence[str], verified: Mapping[str, dict]) -> str | None:
         """The best-ranked (or, with ``by="confidence"``, the most confident; ties by rank) candidate
         verified as a match with enough confidence."""
-        yes = [i for i in ranking_ids
-               if (v := verified.get(i)) and v["match"] and v["confidence"] >= self.min_confidence]
+        yes = [i for i in ranking_ids if (v := verified.get(i)) and self.accepts(v["match"], v["confidence"])]
         if not yes:
             return None
         if self.by == "confidence":

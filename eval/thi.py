@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-k", type=int, default=d.k)
     p.add_argument("--xi", type=float, default=d.xi, help="paper gate (default %(default)s, the paper's)")
     p.add_argument("--lam", type=float, default=d.lam)
+    p.add_argument("--anchor-depth", type=int, default=d.anchor_depth,
+                   help="adaptive: how deep the anchor search may verify (default %(default)s)")
     p.add_argument("--flip", type=float, default=0.0, help="flip this share of verification answers (study)")
     p.add_argument("--limit", type=int, help="evaluate a fixed random sample of this many queries")
     p.add_argument("--seed", type=int, default=0)
@@ -242,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.dir)
         reports = []
         for policy in policies:
-            cfg = THIConfig(policy=policy, rounds=args.rounds, k=args.k, xi=args.xi, lam=args.lam)
+            cfg = THIConfig(policy=policy, rounds=args.rounds, k=args.k, xi=args.xi, lam=args.lam,
+                            anchor_depth=args.anchor_depth)
             mllm = _mllm(args.mllm, root, args.device, args.flip)
             user_mllm = _mllm(args.user_mllm, root, args.device) if args.user_mllm else None
             reports.append(run_thi_benchmark(root, cfg, mllm, embedder, args.split, args.format, args.user, user_mllm,

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rounds", type=int, default=d.rounds, help="round limit (default %(default)s)")
     g.add_argument("--xi", type=float, default=d.xi, help="paper: gate on the top-1 similarity (default %(default)s)")
     g.add_argument("--lam", type=float, default=d.lam, help="weight of the original similarity in the fusion (default %(default)s)")
+    g.add_argument("--anchor-depth", type=int, default=d.anchor_depth,
+                   help="adaptive: how deep down the ranking the anchor search may verify (default %(default)s)")
     g.add_argument("--interactive", action="store_true", help="answer the questions yourself at the terminal")
     g.add_argument("--checkpoint", metavar="FILE.sqlite", help="keep the dialogue in this SQLite checkpoint (resumable)")
     g.add_argument("--thread-id", help="dialogue id in the checkpoint (default: a new one)")
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the query is empty", file=sys.stderr)
         return 2
     try:
-        cfg = THIConfig(policy=args.policy, k=args.k, rounds=args.rounds, xi=args.xi, lam=args.lam)
+        cfg = THIConfig(policy=args.policy, k=args.k, rounds=args.rounds, xi=args.xi, lam=args.lam,
+                        anchor_depth=args.anchor_depth)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -28,15 +28,22 @@ class THIConfig:
     xi: float = 0.50  # paper: gate on the query's top-1 similarity
     lam: float = 0.8  # fusion weight of the original similarity
     depth: int = 5  # paper: candidates walked, one per round
-    verify_per_round: int = 3  # adaptive
-    verify_window: int = 5  # adaptive: how deep in the current ranking to look for unverified candidates
-    verify_budget: int = 5  # adaptive: verifications per query at most (the paper's worst case is 5)
+    # Adaptive, without a user: how the anchor is searched for. "sequential" verifies down the
+    # current ranking one candidate at a time and stops at the first confident "yes" (usually 1-2
+    # calls, so the search can afford to go deeper when the top candidates are wrong); "batch"
+    # verifies verify_per_round candidates per round within verify_budget and picks by anchor_by.
+    anchor_search: str = "sequential"
+    anchor_depth: int = 10  # sequential: the search looks at most this deep (and verifies at most this many)
+    verify_after_anchor: int = 2  # sequential: candidates verified once the anchor is known, to re-rank them
+    verify_per_round: int = 3  # adaptive, batch search
+    verify_window: int = 5  # adaptive, batch search: how deep in the current ranking to look for unverified candidates
+    verify_budget: int = 5  # adaptive, batch search: verifications per query at most (the paper's worst case is 5)
     questions_per_round: int = 5  # adaptive, with a user: questions per round
     anchor_questions: int = 8  # adaptive, without a user: questions asked of the anchor (once)
     lam_user: float = 0.5  # adaptive, with a user: fusion weight of the original similarity
     verify_weight: float = 0.1  # adaptive: a verified candidate moves by w * (2 p(match) - 1) once there is an anchor
     min_yes_confidence: float = 0.5  # adaptive: a "yes" below this does not make an anchor
-    anchor_by: str = "confidence"  # adaptive: the anchor is the most confident "yes" (ties: best-ranked), or "rank"
+    anchor_by: str = "confidence"  # adaptive, batch search: the anchor is the most confident "yes" (ties: best-ranked), or "rank"
     anchor_image_weight: float = 0.2  # adaptive, without a user: weight of image similarity to the anchor
     # With a user the facts describe the target itself, so checking many candidates against them
     # pays off (at the price of more MLLM calls; the no-user budget above follows the paper's).
@@ -53,6 +60,10 @@ class THIConfig:
             raise ValueError(f"policy must be 'paper' or 'adaptive', not {self.policy!r}")
         if self.k < 1 or self.rounds < 1 or self.shortlist < self.k:
             raise ValueError("k and rounds must be >= 1 and shortlist >= k")
+        if self.anchor_search not in ("sequential", "batch"):
+            raise ValueError(f"anchor_search must be 'sequential' or 'batch', not {self.anchor_search!r}")
+        if self.anchor_depth < 1 or self.verify_after_anchor < 0:
+            raise ValueError("anchor_depth must be >= 1 and verify_after_anchor >= 0")
         if self.anchor_by not in ("rank", "confidence"):
             raise ValueError(f"anchor_by must be 'rank' or 'confidence', not {self.anchor_by!r}")
         if not 0.0 <= self.lam <= 1.0:

@@ -8,8 +8,11 @@ retrieve -> inspect -> ask -> rewrite -> re_retrieve -> converge -> (inspect | E
   score is ``lam * original + (1 - lam) * new`` with the anchor's new similarity set to 1. A query
   is refined at most once; the loop stops as soon as no later round could accept an anchor (the
   paper's remaining rounds would change nothing).
-* ``adaptive`` policy (ours): several candidates of the *current* ranking verified per round,
-  questions chosen where the top candidates disagree, refinement across rounds, verified
+* ``adaptive`` policy (ours): without a user, the anchor is searched for down the *current*
+  ranking one verification at a time, stopping at the first confident "yes" (deeper than the
+  paper's top 5 when the top candidates are wrong, cheaper when they are right), and a few more
+  candidates are verified once it is known; with a user, several candidates per round. Questions
+  chosen where the top candidates disagree, refinement across rounds, verified
   candidates moved up (match) or down (contradiction) once an anchor exists, and a stop when the
   top-k no longer changes, nothing new was learned, or the round limit is hit. A query whose anchor
   check fails keeps its original ranking exactly.
@@ -161,6 +164,17 @@ def _verifications(rounds: list[RoundRecord]) -> int:
     return sum(len(r["inspected"]) for r in rounds)
 
 
+def _verifications_after_anchor(rounds: list[RoundRecord]) -> int:
+    """Candidates inspected in the rounds after the one that found the anchor."""
+    found = next((n for n, r in enumerate(rounds) if r["anchor"] is not None), len(rounds))
+    return sum(len(r["inspected"]) for r in rounds[found + 1:])
+
+
+def _anchor_budget(cfg: THIConfig) -> int:
+    """Verifications the no-user adaptive policy may spend looking for an anchor."""
+    return cfg.anchor_depth if cfg.anchor_search == "sequential" else cfg.verify_budget
+
+
 def _verify(ctx: THIContext, image_id: str, rank: int, text: str) -> Inspection:
     try:
         v = ctx.mllm.verify(ctx.index.image(image_id), text)
@@ -210,12 +224,9 @@ def inspect(state: THIState, runtime: Runtime[THIContext]) -> dict:
         text = (state.get("description") or state["current_query"]) if user_mode else state["query"]
         current = {i: v for i, v in verified.items() if v.get("query") == text}
         ranking_ids = [c["id"] for c in state["ranking"]]
-        total = cfg.user_verify_budget if user_mode else cfg.verify_budget
-        budget = max(0, total - _verifications(state["rounds"]))
-        chosen = inspector.candidates(ranking_ids, current)[:budget]
-        ctx.mllm.prefetch([ctx.index.image(i) for i in chosen])
         person_text = _person_description(state) if user_mode else None
-        for image_id in chosen:
+
+        def check(image_id: str) -> Inspection:
             rank = ranking_ids.index(image_id) + 1
             ins = _verify(ctx, image_id, rank, text)
             if ins["match"] is False and person_text:
@@ -228,13 +239,40 @@ def inspect(state: THIState, runtime: Runtime[THIContext]) -> dict:
             pending["inspected"].append(ins)
             if ins["match"] is None:
                 pending["notes"].append(f"verification of {image_id} skipped ({ins['reason']})")
-                continue
-            verified[image_id] = {"match": ins["match"], "confidence": ins["confidence"], "query": text,
-                                  **({"elsewhere": True} if ins.get("elsewhere") else {})}
-        if anchor is None:
-            current = {i: v for i, v in verified.items() if v.get("query") == text}
-            anchor = inspector.anchor(ranking_ids, current)
-            pending["new_anchor"] = anchor is not None
+            else:
+                verified[image_id] = {"match": ins["match"], "confidence": ins["confidence"], "query": text,
+                                      **({"elsewhere": True} if ins.get("elsewhere") else {})}
+            return ins
+
+        if not user_mode and cfg.anchor_search == "sequential":
+            if anchor is None:
+                budget = max(0, cfg.anchor_depth - _verifications(state["rounds"]))
+                chosen = inspector.search_order(ranking_ids, current, cfg.anchor_depth)[:budget]
+                for n, image_id in enumerate(chosen):
+                    if n % cfg.verify_per_round == 0:  # read a few photos at once, not the whole depth
+                        ctx.mllm.prefetch([ctx.index.image(i) for i in chosen[n: n + cfg.verify_per_round]])
+                    ins = check(image_id)
+                    if inspector.accepts(ins["match"], ins["confidence"]):
+                        anchor = image_id
+                        pending["new_anchor"] = True
+                        break
+            else:
+                budget = max(0, cfg.verify_after_anchor - _verifications_after_anchor(state["rounds"]))
+                chosen = inspector.candidates(ranking_ids, current)[:budget]
+                ctx.mllm.prefetch([ctx.index.image(i) for i in chosen])
+                for image_id in chosen:
+                    check(image_id)
+        else:
+            total = cfg.user_verify_budget if user_mode else cfg.verify_budget
+            budget = max(0, total - _verifications(state["rounds"]))
+            chosen = inspector.candidates(ranking_ids, current)[:budget]
+            ctx.mllm.prefetch([ctx.index.image(i) for i in chosen])
+            for image_id in chosen:
+                check(image_id)
+            if anchor is None:
+                current = {i: v for i, v in verified.items() if v.get("query") == text}
+                anchor = inspector.anchor(ranking_ids, current)
+                pending["new_anchor"] = anchor is not None
     return {"round": round_no, "pending": pending, "verified": verified, "anchor": anchor}
 
 
@@ -360,7 +398,7 @@ def converge(state: THIState, runtime: Runtime[THIContext]) -> dict:
         if state.get("finished_by_user"):
             stop = USER_FINISHED
         elif state["anchor"] is None and ctx.user is None:
-            spent = _verifications(rounds) >= cfg.verify_budget  # nothing left for another round
+            spent = _verifications(rounds) >= _anchor_budget(cfg)  # nothing left for another round
             stop = NO_ANCHOR if p["round"] >= cfg.rounds or not p["inspected"] or spent else None
         elif not learned:
             stop = NOTHING_NEW

@@ -96,17 +96,52 @@ def test_paper_walks_at_most_five_candidates(setup):
     assert state["stopped_because"] == NO_ANCHOR
 
 
-def test_adaptive_failed_anchor_keeps_the_original_ranking(setup):
+@pytest.mark.parametrize("search", ["sequential", "batch"])
+def test_adaptive_failed_anchor_keeps_the_original_ranking(setup, search):
     mllm = ScriptedMLLM([False] * 20)
-    cfg = THIConfig(policy="adaptive")
+    cfg = THIConfig(policy="adaptive", anchor_search=search)
     state = run(QUERY, THIContext(setup["index"], mllm, cfg))
     assert state["anchor"] is None and state["stopped_because"] == NO_ANCHOR
     assert state["ranking"] == state["original_ranking"]
-    assert mllm.stats.calls["verify"] == cfg.verify_budget
+    budget = cfg.anchor_depth if search == "sequential" else cfg.verify_budget
+    assert mllm.stats.calls["verify"] == budget
+    assert mllm.verified_ids == [c["id"] for c in state["original_ranking"][:budget]]
     # it stops in the round that spends the budget, without an empty round after it
     assert all(r["inspected"] for r in state["rounds"])
-    assert len(state["rounds"]) == -(-cfg.verify_budget // cfg.verify_per_round)
+    per_round = budget if search == "sequential" else cfg.verify_per_round
+    assert len(state["rounds"]) == -(-budget // per_round)
     assert np.array_equal(final_scores(state, THIContext(setup["index"], mllm, cfg)), setup["index"].scores(QUERY))
+
+
+def test_sequential_search_stops_at_the_first_confident_yes(setup):
+    idx = setup["index"]
+    mllm = ScriptedMLLM([False, False, True, True, True, True, True])
+    cfg = THIConfig(policy="adaptive", rounds=4, verify_after_anchor=2)
+    state = run(QUERY, THIContext(idx, mllm, cfg))
+    original = [c["id"] for c in state["original_ranking"]]
+    first = state["rounds"][0]
+    assert [i["id"] for i in first["inspected"]] == original[:3]
+    assert [i["match"] for i in first["inspected"]] == [False, False, True]
+    assert state["anchor"] == original[2] and first["anchor"] == original[2]
+    # once the anchor is known, exactly verify_after_anchor more candidates, none seen before
+    later = [i["id"] for r in state["rounds"][1:] for i in r["inspected"]]
+    assert len(later) == 2 and not set(later) & set(original[:3])
+    assert mllm.stats.calls["verify"] == 5 and mllm.stats.calls["ask"] == 1
+    # a "yes" below min_yes_confidence (the script answers with confidence 0.9) is not an anchor
+    mllm = ScriptedMLLM([True] * 20)
+    state = run(QUERY, THIContext(idx, mllm, THIConfig(policy="adaptive", min_yes_confidence=0.95, anchor_depth=4)))
+    assert state["anchor"] is None and mllm.stats.calls["verify"] == 4
+    assert state["ranking"] == state["original_ranking"]
+
+
+def test_sequential_search_settings_are_checked(capsys):
+    with pytest.raises(ValueError, match="anchor_search"):
+        THIConfig(anchor_search="greedy")
+    with pytest.raises(ValueError, match="anchor_depth"):
+        THIConfig(anchor_depth=0)
+    assert thi_main(["--query", "a man in a red coat", "--anchor-depth", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "anchor_depth" in err and "Traceback" not in err
 
 
 def test_adaptive_anchor_adds_facts_and_moves_verified_candidates(setup):
@@ -115,7 +150,7 @@ def test_adaptive_anchor_adds_facts_and_moves_verified_candidates(setup):
                                                       "upper_type": "jacket", "scarf": "scarf", "bag": "handbag",
                                                       "bag_color": "pink", "hand_object": "phone", "belt": "belt",
                                                       "pattern": "plain", "shoes_color": "white"})
-    cfg = THIConfig(policy="adaptive", rounds=3)
+    cfg = THIConfig(policy="adaptive", rounds=3, anchor_search="batch")
     state = run(QUERY, THIContext(idx, mllm, cfg))
     first = state["rounds"][0]
     assert [i["match"] for i in first["inspected"]] == [False, True, True]
