@@ -244,32 +244,29 @@ def inspect(state: THIState, runtime: Runtime[THIContext]) -> dict:
                                       **({"elsewhere": True} if ins.get("elsewhere") else {})}
             return ins
 
-        if not user_mode and cfg.anchor_search == "sequential":
-            if anchor is None:
-                budget = max(0, cfg.anchor_depth - _verifications(state["rounds"]))
-                chosen = inspector.search_order(ranking_ids, current, cfg.anchor_depth)[:budget]
-                for n, image_id in enumerate(chosen):
-                    if n % cfg.verify_per_round == 0:  # read a few photos at once, not the whole depth
-                        ctx.mllm.prefetch([ctx.index.image(i) for i in chosen[n: n + cfg.verify_per_round]])
-                    ins = check(image_id)
-                    if inspector.accepts(ins["match"], ins["confidence"]):
-                        anchor = image_id
-                        pending["new_anchor"] = True
-                        break
-            else:
-                budget = max(0, cfg.verify_after_anchor - _verifications_after_anchor(state["rounds"]))
-                chosen = inspector.candidates(ranking_ids, current)[:budget]
-                ctx.mllm.prefetch([ctx.index.image(i) for i in chosen])
-                for image_id in chosen:
-                    check(image_id)
+        sequential = not user_mode and cfg.anchor_search == "sequential"
+        if sequential and anchor is None:
+            budget = max(0, _anchor_budget(cfg) - _verifications(state["rounds"]))
+            chosen = inspector.search_order(ranking_ids, current, cfg.anchor_depth)[:budget]
+            for n, image_id in enumerate(chosen):
+                if n % cfg.verify_per_round == 0:  # read a few photos at once, not the whole depth
+                    ctx.mllm.prefetch([ctx.index.image(i) for i in chosen[n: n + cfg.verify_per_round]])
+                ins = check(image_id)
+                if inspector.accepts(ins["match"], ins["confidence"]):
+                    anchor = image_id
+                    pending["new_anchor"] = True
+                    break
         else:
-            total = cfg.user_verify_budget if user_mode else cfg.verify_budget
-            budget = max(0, total - _verifications(state["rounds"]))
+            if sequential:  # the anchor is known: a few more candidates, to re-rank them
+                budget = max(0, cfg.verify_after_anchor - _verifications_after_anchor(state["rounds"]))
+            else:
+                total = cfg.user_verify_budget if user_mode else cfg.verify_budget
+                budget = max(0, total - _verifications(state["rounds"]))
             chosen = inspector.candidates(ranking_ids, current)[:budget]
             ctx.mllm.prefetch([ctx.index.image(i) for i in chosen])
             for image_id in chosen:
                 check(image_id)
-            if anchor is None:
+            if anchor is None:  # batch search, or a user: the anchor is picked among this round's verdicts
                 current = {i: v for i, v in verified.items() if v.get("query") == text}
                 anchor = inspector.anchor(ranking_ids, current)
                 pending["new_anchor"] = anchor is not None
