@@ -99,11 +99,11 @@ def text_probe_report(root: str | Path, embedder: Embedder, split: str = "test",
                       progress: bool = True) -> dict:
     """Per-slot accuracy of linear probes on the retriever's caption embeddings, on the captions
     that state the slot (``stated``) and on those that do not (``not_stated``)."""
-    from train.pretrain import split_captions, text_classes
+    from train.pretrain import stated_captions, text_classes
 
     root = Path(root)
-    x_train_texts, y_train = split_captions(root, "train")
-    x_test_texts, y_test = split_captions(root, split)
+    x_train_texts, y_train = stated_captions(root, "train")
+    x_test_texts, y_test = stated_captions(root, split)
     keep = sample_indices(len(x_train_texts), train_limit, 0)
     x_train = embedder.encode_texts([x_train_texts[i] for i in keep], progress=progress)
     y_train = y_train[keep]

@@ -51,14 +51,9 @@ def _worlds(world: str | Path | Sequence[str | Path], forbidden: str | Path | No
     return worlds
 
 
-def stated_captions(world: Path) -> tuple[list[str], np.ndarray]:
-    """Every caption of a world (all splits) and [N, S] class indices of what it states: the slot's
-    value, or its last class, "not stated"."""
-    return split_captions(world, None)
-
-
-def split_captions(world: Path, split: str | None) -> tuple[list[str], np.ndarray]:
-    """``stated_captions`` of one split (``None``: all)."""
+def stated_captions(world: Path, split: str | None = None) -> tuple[list[str], np.ndarray]:
+    """Every caption of a world (of one split; ``None``: all) and [N, S] class indices of what it
+    states: the slot's value, or its last class, "not stated"."""
     import json
 
     raw_path = world / "reid_raw.json"
