@@ -116,3 +116,47 @@ def test_flip_average_makes_predictions_mirror_invariant():
     rec.config["flip_average"] = False
     c = rec.predict_pixels(pixels[:, :, ::-1].copy())
     assert any(abs(c[0][s][v] - a[0][s][v]) > 1e-4 for s in SLOT_NAMES for v in a[0][s])  # random weights are not symmetric
+
+
+def test_combine_writes_an_ensemble_that_averages_its_members(tmp_path):
+    pixels = np.random.default_rng(2).integers(0, 256, (3, 64, 32, 3), dtype=np.uint8)
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        path = tmp_path / f"rec{seed}.safetensors"
+        Recogniser(tiny_net()).save(path, {"seed": seed, "verifier": {"threshold": 0.3}})
+        paths.append(path)
+    singles = [Recogniser.load(p).predict_pixels(pixels) for p in paths]
+    out = tmp_path / "ensemble.safetensors"
+    assert main(["--combine", *map(str, paths), "--out", str(out)]) == 0
+    config = json.loads(out.with_suffix(".json").read_text())
+    assert config["members"] == 2 and config["seeds"] == [0, 1]
+    assert "verifier" not in config  # fitted on one network's probabilities: must be refitted
+    ensemble = Recogniser.load(out)
+    assert len(ensemble.members) == 2
+    got = ensemble.predict_pixels(pixels)
+    for i in range(len(pixels)):
+        for slot in SLOT_NAMES:
+            for value, p in got[i][slot].items():
+                assert p == pytest.approx((singles[0][i][slot][value] + singles[1][i][slot][value]) / 2, abs=1e-5)
+    assert any(abs(singles[0][0][s][v] - singles[1][0][s][v]) > 1e-4 for s in SLOT_NAMES for v in got[0][s])
+    # saved again (as calibration does) and reloaded: the same two networks
+    ensemble.save(tmp_path / "again.safetensors", {"verifier": {"threshold": 0.4}})
+    again = Recogniser.load(tmp_path / "again.safetensors")
+    assert len(again.members) == 2 and again.config["members"] == 2
+    assert again.predict_pixels(pixels)[1]["gender"] == pytest.approx(got[1]["gender"], abs=1e-6)
+
+
+def test_combine_refuses_bad_input(tmp_path, capsys):
+    torch.manual_seed(0)
+    Recogniser(tiny_net()).save(tmp_path / "a.safetensors")
+    Recogniser(AttributeNet(widths=(8, 8), hidden=16, input_size=(64, 32), stem=8)).save(tmp_path / "b.safetensors")
+    assert main(["--combine", str(tmp_path / "a.safetensors"), "--out", str(tmp_path / "c.safetensors")]) == 1
+    assert "at least two" in capsys.readouterr().err
+    assert main(["--combine", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
+                 "--out", str(tmp_path / "c.safetensors")]) == 1
+    assert "one architecture" in capsys.readouterr().err
+    assert main(["--combine", str(tmp_path / "a.safetensors"), str(tmp_path / "missing.safetensors"),
+                 "--out", str(tmp_path / "c.safetensors")]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert not (tmp_path / "c.safetensors").exists()

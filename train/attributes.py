@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from data.synthpedes.ceiling import AnnotationError, load_annotations
 from tools.attributes import SLOT_NAMES
-from tools.mllm.recogniser import INPUT_SIZE, AttributeNet, Recogniser, slot_classes, to_input
+from tools.mllm.recogniser import INPUT_SIZE, AttributeNet, Recogniser, combine, slot_classes, to_input
 
 from .pairs import augment, load_all_pixels
 
@@ -143,7 +143,7 @@ def fit_recogniser(root: str | Path, out: str | Path, epochs: int = 16, batch_si
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.attributes", description=__doc__.split("\n\n")[0])
-    p.add_argument("dir", help="SynthPedes folder")
+    p.add_argument("dir", nargs="?", help="SynthPedes folder (not with --combine)")
     p.add_argument("--out", required=True, help="weights file (.safetensors; a .json config is written beside it)")
     p.add_argument("--extra-train", action="append", default=[], metavar="DIR",
                    help="another SynthPedes world whose train split is added to the training photos (repeatable; "
@@ -154,9 +154,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.add_argument("--report", help="also write the JSON report here")
+    p.add_argument("--combine", nargs="+", metavar="WEIGHTS",
+                   help="instead of training: write an ensemble of these recogniser files (trained with different "
+                        "--seed) to --out; then fit its verifier with python -m eval.mllm DIR --split val --calibrate")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    if args.combine:
+        if args.dir:
+            p.error("--combine takes no dataset folder")
+        try:
+            rec = combine(args.combine, args.out, args.device)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 1
+        print(json.dumps({"out": str(args.out), "members": len(rec.members), "seeds": rec.config.get("seeds")}))
+        return 0
+    if not args.dir:
+        p.error("a SynthPedes folder is needed (or --combine)")
     try:
         report = fit_recogniser(args.dir, args.out, args.epochs, args.batch_size, args.lr, args.seed,
                                 device=args.device, progress=not args.quiet, extra_train=args.extra_train)

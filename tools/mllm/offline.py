@@ -82,7 +82,7 @@ class OfflineMLLM(MLLM):
         """The name plus a digest of the recogniser's weights and verifier settings."""
         if self._fingerprint is None:
             digest = hashlib.sha256(json.dumps(self.recogniser.config, sort_keys=True).encode())
-            for name, tensor in sorted(self.recogniser.net.state_dict().items()):
+            for name, tensor in sorted(self.recogniser.state_items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
             self._fingerprint = f"{self.name}:{digest.hexdigest()[:12]}"

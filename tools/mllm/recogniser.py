@@ -90,15 +90,29 @@ def to_input(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     return (t - m) / s
 
 
+MEMBER_PREFIX = "member"
+
+
+def _member_prefix(i: int) -> str:
+    # member 0 keeps unprefixed names, so single-network files and ensembles load alike
+    return f"{MEMBER_PREFIX}{i}." if i else ""
+
+
 class Recogniser:
     """Batched, cached attribute recognition with the shipped (or given) weights."""
 
     def __init__(self, net: AttributeNet, device: str | torch.device | None = None, config: dict | None = None,
-                 path: Path | None = None):
+                 path: Path | None = None, extra_members: Sequence[AttributeNet] = ()):
         self.device = pick_device(str(device) if device else None)
         self.net = net.to(self.device).eval()
+        # an ensemble: independently trained networks of the same architecture, probabilities averaged
+        self.members = [self.net] + [m.to(self.device).eval() for m in extra_members]
+        if any(m.config != net.config for m in self.members):
+            raise ValueError("ensemble members must share one architecture")
         self.input_size = tuple(net.config["input_size"])
         self.config = dict(config or net.config)  # architecture plus e.g. the calibrated verify threshold
+        if len(self.members) > 1:
+            self.config["members"] = len(self.members)
         self.path = path
 
     @classmethod
@@ -109,19 +123,27 @@ class Recogniser:
             raise FileNotFoundError(f"recogniser weights not found: {path} (+ {config_path.name}); "
                                     f"train them with: python -m train.attributes SYNTHPEDES_DIR --out {path}")
         config = json.loads(config_path.read_text())
-        # weights saved before the stem existed have no "stem" key and none in the network
-        net = AttributeNet(config["widths"], config["hidden"], tuple(config["input_size"]), config.get("stem", 0))
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-        net.load_state_dict(state)
-        return cls(net, device, config, path)
+        nets = []
+        for i in range(int(config.get("members", 1))):
+            # weights saved before the stem existed have no "stem" key and none in the network
+            net = AttributeNet(config["widths"], config["hidden"], tuple(config["input_size"]), config.get("stem", 0))
+            prefix = _member_prefix(i)
+            net.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                 if k.startswith(prefix) and (i > 0 or not k.startswith(MEMBER_PREFIX))})
+            nets.append(net)
+        return cls(nets[0], device, config, path, nets[1:])
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        state = {_member_prefix(i) + k: v.detach().cpu().contiguous()
+                 for i, member in enumerate(self.members) for k, v in member.state_dict().items()}
         save_file(state, str(path))
         self.path = path
         self.config = {**self.net.config, **(extra or {})}
+        if len(self.members) > 1:
+            self.config["members"] = len(self.members)
         path.with_suffix(".json").write_text(json.dumps(self.config, indent=2))
 
     def save_config(self, extra: dict) -> None:
@@ -139,16 +161,20 @@ class Recogniser:
     @torch.inference_mode()
     def predict_pixels(self, pixels: np.ndarray) -> list[dict[str, dict[str, float]]]:
         x = to_input(pixels).to(self.device)
-        probs = {s: torch.softmax(v.float(), dim=-1) for s, v in self.net(x).items()}
-        if self.flip_average:
-            # left/right does not change what a person wears, and mirrored errors are partly independent
-            mirrored = self.net(x.flip(-1))
-            probs = {s: (v + torch.softmax(mirrored[s].float(), dim=-1)) / 2 for s, v in probs.items()}
-        probs = {s: v.cpu().numpy() for s, v in probs.items()}
+        # left/right does not change what a person wears, and mirrored errors are partly independent
+        views = [x, x.flip(-1)] if self.flip_average else [x]
+        outputs = [member(v) for member in self.members for v in views]
+        probs = {s: (sum(torch.softmax(o[s].float(), dim=-1) for o in outputs) / len(outputs)).cpu().numpy()
+                 for s in SLOT_NAMES}
         out = []
         for i in range(len(pixels)):
             out.append({s: dict(zip(slot_classes(s), probs[s][i].tolist())) for s in SLOT_NAMES})
         return out
+
+    def state_items(self) -> list[tuple[str, torch.Tensor]]:
+        """Every member's parameters and buffers under the names they are saved with."""
+        return [(_member_prefix(i) + k, v) for i, member in enumerate(self.members)
+                for k, v in member.state_dict().items()]
 
     def predict(self, images: Sequence[ImageInput], batch_size: int = 64) -> list[dict[str, dict[str, float]]]:
         """Per image: slot -> {value: probability, ..., "unseen": probability}."""
@@ -157,3 +183,24 @@ class Recogniser:
             batch = np.stack([load_pixels(im, self.input_size) for im in images[i:i + batch_size]])
             out.extend(self.predict_pixels(batch))
         return out
+
+
+def combine(paths: Sequence[str | Path], out: str | Path, device: str | None = None) -> Recogniser:
+    """Write one ensemble file from recogniser files trained with different seeds (same architecture).
+
+    Their probabilities are averaged. The verifier depends on the probabilities, so the ensemble
+    starts without one: fit it with ``python -m eval.mllm DIR --split val --calibrate``.
+    """
+    if len(paths) < 2:
+        raise ValueError("an ensemble needs at least two recogniser files")
+    loaded = [Recogniser.load(p, device) for p in paths]
+    nets = [m for r in loaded for m in r.members]
+    first = loaded[0].config
+    config = {k: v for k, v in first.items() if k not in ("verifier", "members", "seed")}
+    config["seeds"] = [r.config.get("seed") for r in loaded]
+    config["trained_on"] = sorted({str(t) for r in loaded for t in r.config.get("trained_on", [])})
+    config["flip_average"] = any(r.flip_average for r in loaded)
+    rec = Recogniser(nets[0], device, config, extra_members=nets[1:])
+    rec.save(out, {k: v for k, v in config.items() if k not in nets[0].config})
+    log.info("wrote a %d-network ensemble to %s; calibrate its verifier before use", len(nets), out)
+    return rec
