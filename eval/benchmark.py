@@ -21,6 +21,7 @@ import numpy as np
 from data.readers import FORMAT_NAMES, DatasetError, read_dataset
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
 from tools.gallery import Gallery, GalleryError, image_set_name, record_items
+from tools.paraphraser import rephrase
 
 from .metrics import METRIC_KEYS, rank_metrics, summary
 
@@ -48,14 +49,20 @@ def sample_indices(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
 def run_benchmark(root: str | Path, split: str = "test", format: str = "auto", model: str = DEFAULT_MODEL,
                   pretrained: str | None = None, device: str | None = None, chroma: bool = True,
                   data_dir: str | Path | None = None, url: str | None = None, progress: bool = True,
-                  embedder: Embedder | None = None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (report, similarity [Q, G], query pids, gallery pids)."""
+                  embedder: Embedder | None = None, rephrase_seed: int | None = None
+                  ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (report, similarity [Q, G], query pids, gallery pids).
+
+    ``rephrase_seed``: query with every caption rewritten the way RDA rewrites training captions
+    (``tools.paraphraser.rephrase``), to measure robustness to phrasing the captions were not written in."""
     ds = read_dataset(root, format)
     records = ds.split(split)
     if not records:
         raise DatasetError(f"{root}: split {split!r} is empty (splits: {', '.join(ds.splits)})")
     emb = embedder or Embedder(model, pretrained, device=device)
     texts, qp, _ = split_queries(records)
+    if rephrase_seed is not None:
+        texts = [rephrase(t, np.random.default_rng([rephrase_seed, i])) for i, t in enumerate(texts)]
     gp = np.asarray([r.pid for r in records])
 
     t0 = time.perf_counter()
@@ -68,6 +75,8 @@ def run_benchmark(root: str | Path, split: str = "test", format: str = "auto", m
     metrics = rank_metrics(sim, qp, gp)
     report: dict = summary(metrics) | {"num_queries": metrics["num_queries"], "num_gallery": metrics["num_gallery"]}
     report["model"] = emb.name
+    if rephrase_seed is not None:
+        report["queries"] = f"rephrased RDA-style (tools.paraphraser.rephrase, seed {rephrase_seed})"
     report["dataset"] = {"root": str(Path(root).resolve()), "format": ds.format, "split": split}
     report["speed"] = {"images_per_s": round(len(records) / t_img, 1), "texts_per_s": round(len(texts) / t_txt, 1),
                        "device": str(emb.device)}
@@ -145,12 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-chroma", action="store_true", help="skip the Chroma gallery check")
     p.add_argument("--data-dir", help="Chroma folder for the gallery check (default: a temporary one)")
     p.add_argument("--url", help="Chroma server URL for the gallery check")
+    p.add_argument("--rephrase", type=int, metavar="SEED",
+                   help="rewrite every query the way RDA rewrites training captions (one attribute per sentence, "
+                        "random paraphrases and order; what the parser does not read is dropped), with this seed")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         report, sim, qp, gp = run_benchmark(args.dir, args.split, args.format, args.model, args.pretrained, args.device,
-                                            not args.no_chroma, args.data_dir, args.url, not args.quiet)
+                                            not args.no_chroma, args.data_dir, args.url, not args.quiet,
+                                            rephrase_seed=args.rephrase)
     except (DatasetError, EmbedderError, GalleryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -34,6 +34,16 @@ def test_benchmark_json_ceiling_chroma_and_similarity_dump(small_world, model, t
     assert benchmark_main([str(tmp_path / "missing"), "--model", model]) == 1
 
 
+def test_benchmark_can_rephrase_the_queries(small_world, model):
+    from eval.benchmark import run_benchmark
+
+    plain, sim_plain, *_ = run_benchmark(small_world, model=model, chroma=False, progress=False)
+    again, sim_again, *_ = run_benchmark(small_world, model=model, chroma=False, progress=False, rephrase_seed=3)
+    assert "queries" not in plain and "seed 3" in again["queries"]
+    assert again["num_queries"] == plain["num_queries"]
+    assert not np.allclose(sim_plain, sim_again)  # other texts, other similarities
+
+
 def test_thi_benchmark_keys_rounds_and_plot(small_world, model, tmp_path):
     out, png = tmp_path / "t.json", tmp_path / "r1.png"
     rc = thi_main([str(small_world), "--model", model, "--mllm", "oracle", "--policy", "paper,adaptive", "--xi", "-1",

@@ -7,8 +7,7 @@ from graphs.rda import main as rda_main
 from graphs.rda import run_rda
 from tools.mllm.oracle import OracleMLLM
 from tools.mllm.parser import parse
-from tools.paraphraser import UNITS, decompose, rule_paraphrases
-from train.pairs import reorganise
+from tools.paraphraser import UNITS, decompose, rephrase, reorganise, rule_paraphrases
 
 
 def test_sub_sentences_carry_one_attribute_and_paraphrases_keep_it():
@@ -34,6 +33,16 @@ def test_reorganised_caption_uses_every_sub_sentence_once():
         assert len(parts) == 3 and {p.upper() for p in parts} == {"A.", "B.", "C."}
         seen.add(text)
     assert len(seen) > 3  # orders and paraphrases vary
+
+
+def test_rephrase_says_the_same_facts_differently():
+    text = "A woman in a red coat and black jeans with a pink handbag. She is walking and wears sunglasses."
+    facts = parse(text).constraints
+    outputs = {rephrase(text, np.random.default_rng(seed)) for seed in range(10)}
+    assert text not in outputs and len(outputs) > 5
+    for out in outputs:
+        assert parse(out).constraints == facts, out
+    assert rephrase("zzz qqq", np.random.default_rng(0)) == "zzz qqq"  # nothing read: kept as it was
 
 
 @pytest.fixture()

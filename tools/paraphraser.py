@@ -264,3 +264,30 @@ class LLMParaphraser:
         if len(out) < 2:
             return rule_paraphrases(group, m, rng, gender)
         return out
+
+
+def reorganise(diversity: Sequence[Sequence[str]], rng: np.random.Generator) -> str:
+    """A random order of the sub-sentences, each in a random one of its paraphrases."""
+    parts = [list(p) for p in diversity if p]
+    order = rng.permutation(len(parts))
+    chosen = []
+    for i in order:
+        options = parts[i]
+        sentence = options[int(rng.integers(len(options)))].strip()
+        if sentence and sentence[-1] not in ".!?":
+            sentence += "."
+        chosen.append(sentence[:1].upper() + sentence[1:])
+    return " ".join(chosen)
+
+
+def rephrase(text: str, rng: np.random.Generator, m: int = 5) -> str:
+    """The description said the way RDA says it: parsed, one attribute per sentence, each in a random
+    one of ``m`` paraphrases, in a random order. What the parser does not read is dropped, so this
+    tests phrasing robustness, not the text kept; a text it reads nothing from comes back as it was."""
+    from tools.mllm.parser import parse  # importing tools.mllm loads its backends; only this needs it
+
+    constraints = parse(text).constraints
+    parts = decompose(constraints)
+    if not parts:
+        return text
+    return reorganise([rule_paraphrases(g, m, rng, constraints.get("gender")) for g in parts], rng)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from data.readers import Record
 from tools.embedder import load_pixels
+from tools.paraphraser import reorganise
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +52,6 @@ def load_all_pixels(paths: Sequence, size: tuple[int, int], workers: int = 4, pr
         list(tqdm(pool.map(one, range(len(paths))), total=len(paths), desc="loading images", unit="img",
                   disable=not progress, mininterval=1.0))
     return out
-
-
-def reorganise(diversity: Sequence[Sequence[str]], rng: np.random.Generator) -> str:
-    """A random order of the sub-sentences, each in a random one of its paraphrases."""
-    parts = [list(p) for p in diversity if p]
-    order = rng.permutation(len(parts))
-    chosen = []
-    for i in order:
-        options = parts[i]
-        sentence = options[int(rng.integers(len(options)))].strip()
-        if sentence and sentence[-1] not in ".!?":
-            sentence += "."
-        chosen.append(sentence[:1].upper() + sentence[1:])
-    return " ".join(chosen)
 
 
 class PairSet:
