@@ -110,10 +110,12 @@ class Recogniser:
         if any(m.config != net.config for m in self.members):
             raise ValueError("ensemble members must share one architecture")
         self.input_size = tuple(net.config["input_size"])
-        self.config = dict(config or net.config)  # architecture plus e.g. the calibrated verify threshold
-        if len(self.members) > 1:
-            self.config["members"] = len(self.members)
+        self.config = self._with_members(config or net.config)  # architecture plus e.g. the verifier
         self.path = path
+
+    def _with_members(self, config: dict) -> dict:
+        """``config`` plus the member count that ``load`` reads (absent for a single network)."""
+        return {**config, **({"members": len(self.members)} if len(self.members) > 1 else {})}
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_WEIGHTS, device: str | None = None) -> "Recogniser":
@@ -137,13 +139,9 @@ class Recogniser:
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {_member_prefix(i) + k: v.detach().cpu().contiguous()
-                 for i, member in enumerate(self.members) for k, v in member.state_dict().items()}
-        save_file(state, str(path))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_items()}, str(path))
         self.path = path
-        self.config = {**self.net.config, **(extra or {})}
-        if len(self.members) > 1:
-            self.config["members"] = len(self.members)
+        self.config = self._with_members({**self.net.config, **(extra or {})})
         path.with_suffix(".json").write_text(json.dumps(self.config, indent=2))
 
     def save_config(self, extra: dict) -> None:
