@@ -69,6 +69,36 @@ def test_extra_world_must_not_be_the_main_one(small_world, tmp_path, capsys):
     assert len(err) == 1 and "main folder" in err[0]
 
 
+def test_init_continues_from_the_given_network_and_records_it(small_world, tmp_path):
+    first = tmp_path / "first.safetensors"
+    fit_recogniser(small_world, first, epochs=1, batch_size=16, progress=False, net=tiny_net(), seed=3)
+    start = Recogniser.load(first).net.state_dict()
+    second = tmp_path / "second.safetensors"
+    # lr 0: the weights stay the file's (only batch-norm statistics move), so training started from them
+    assert main([str(small_world), "--init", str(first), "--out", str(second), "--epochs", "1", "--lr", "0",
+                 "--batch-size", "16", "--quiet"]) == 0
+    after = Recogniser.load(second)
+    for name, value in after.net.state_dict().items():
+        if "running" not in name and "num_batches" not in name:
+            assert torch.equal(value, start[name]), name
+    config = json.loads(second.with_suffix(".json").read_text())
+    assert config["init"]["file"] == "first.safetensors" and config["init"]["seed"] == 3
+    assert config["input_size"] == [64, 32]  # the architecture comes from the file
+
+
+def test_init_refuses_an_ensemble(small_world, tmp_path, capsys):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    Recogniser(tiny_net()).save(a)
+    Recogniser(tiny_net()).save(b)
+    assert main(["--combine", str(a), str(b), "--out", str(tmp_path / "ens.safetensors")]) == 0
+    capsys.readouterr()
+    assert main([str(small_world), "--init", str(tmp_path / "ens.safetensors"), "--out", str(tmp_path / "c.safetensors"),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ensemble" in err[0]
+    assert not (tmp_path / "c.safetensors").exists()
+
+
 def test_cli_rejects_a_folder_without_annotations(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "r.safetensors"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -72,9 +72,20 @@ def accuracy(rec: Recogniser, pixels: np.ndarray, y: np.ndarray, batch: int = 25
     return out
 
 
+def load_init(path: str | Path) -> tuple[AttributeNet, dict]:
+    """The one network in a recogniser file to continue training from, and what it was trained on."""
+    rec = Recogniser.load(path, "cpu")
+    if len(rec.members) > 1:
+        raise ValueError(f"{path}: an ensemble of {len(rec.members)} networks; --init takes one network's file")
+    history = {k: rec.config[k] for k in ("trained_on", "train_photos", "epochs", "seed", "init") if k in rec.config}
+    return rec.net.train(), {"file": Path(path).name, **history}
+
+
 def fit_recogniser(root: str | Path, out: str | Path, epochs: int = 16, batch_size: int = 128, lr: float = 2e-3,
                    seed: int = 0, workers: int = 4, device: str | None = None, progress: bool = True,
-                   extra_train: Sequence[str | Path] = (), net: AttributeNet | None = None) -> dict:
+                   extra_train: Sequence[str | Path] = (), net: AttributeNet | None = None,
+                   init: dict | None = None) -> dict:
+    """Train (or, given ``net``, go on training) a recogniser; ``init`` describes where ``net`` came from."""
     root = Path(root)
     ann = load_annotations(root)
     torch.manual_seed(seed)
@@ -91,47 +102,57 @@ def fit_recogniser(root: str | Path, out: str | Path, epochs: int = 16, batch_si
     del parts
     if len(train_x) == 0:
         raise AnnotationError(f"{root}: no train images in attributes.json")
-    log.info("training on %d photos", len(train_x))
+    n_train = len(train_x)
+    log.info("training on %d photos", n_train)
     val_x, val_y = split_data(root, ann, "val", workers, progress, size)
     rec = Recogniser(net, device)
     # channels-last convolutions are ~1.3x faster on CPU (oneDNN) and no slower on CUDA
     net = rec.net.to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.02)
-    steps = epochs * (len(train_x) // batch_size)
+    steps = epochs * (n_train // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.1)
     supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
     autocast = torch.autocast(rec.device.type, dtype=torch.bfloat16, enabled=rec.device.type == "cuda" or supported)
     best, history, t_start = -1.0, [], time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
+    on_gpu = rec.device.type == "cuda"
+    if on_gpu:
+        # the whole uint8 train set on the GPU (1 GB per 10k photos): the host would otherwise feed every batch
+        torch.backends.cudnn.benchmark = True
+        train_t = torch.from_numpy(train_x).to(rec.device)
+        del train_x
+        train_yt = torch.from_numpy(train_y).to(rec.device)
+    else:
+        train_t, train_yt = torch.from_numpy(train_x), torch.from_numpy(train_y)
     for epoch in range(epochs):
         net.train()
-        order = rng.permutation(len(train_x))
+        order = torch.from_numpy(rng.permutation(len(train_t))).to(rec.device)
         n_batches = len(order) // batch_size
         losses = []
         for b in tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress,
                       mininterval=2.0):
             idx = order[b * batch_size:(b + 1) * batch_size]
-            x = augment(torch.from_numpy(train_x[idx]), gen)
-            x = (x - torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)) / 0.25
-            y = torch.from_numpy(train_y[idx]).to(rec.device)
+            x = augment(train_t[idx], gen)
+            x = (x - 0.5) / 0.25
+            y = train_yt[idx]
             with autocast:
-                logits = net(x.to(rec.device).contiguous(memory_format=torch.channels_last))
+                logits = net(x.contiguous(memory_format=torch.channels_last))
                 loss = sum(F.cross_entropy(logits[s].float(), y[:, j]) for j, s in enumerate(SLOT_NAMES)) / len(SLOT_NAMES)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())
         acc = accuracy(rec, val_x, val_y) if len(val_x) else {}
         mean_acc = float(np.mean([acc[s] for s in SLOT_NAMES])) if acc else float(epoch)
-        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4), "val_mean_acc": round(mean_acc, 4),
+        history.append({"epoch": epoch + 1, "loss": round(float(torch.stack(losses).float().mean()), 4), "val_mean_acc": round(mean_acc, 4),
                         "elapsed_s": round(time.perf_counter() - t_start, 1)})
         log.info("epoch %d: %s", epoch + 1, history[-1])
         if mean_acc >= best:
             best = mean_acc
             rec.save(out, {"trained_on": [root.resolve().name] + [Path(e).resolve().name for e in extra_train],
-                           "train_photos": len(train_x), "epochs": epochs, "seed": seed})
+                           "train_photos": n_train, "epochs": epochs, "seed": seed, **({"init": init} if init else {})})
     test_x, test_y = split_data(root, ann, "test", workers, progress, size)
     final = Recogniser.load(out, device)
     report = {"out": str(out), "seconds": round(time.perf_counter() - t_start, 1), "best_val_mean_acc": round(best, 4),
@@ -152,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", metavar="WEIGHTS",
+                   help="start from this one-network recogniser file instead of random weights (to finish or "
+                        "extend a schedule, e.g. one cut short on another machine); its config is kept under 'init'")
     p.add_argument("--device")
+    p.add_argument("--workers", type=int, default=4, help="threads decoding photos (default 4)")
     p.add_argument("--report", help="also write the JSON report here")
     p.add_argument("--combine", nargs="+", metavar="WEIGHTS",
                    help="instead of training: write an ensemble of these recogniser files (trained with different "
@@ -173,10 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dir:
         p.error("a SynthPedes folder is needed (or --combine)")
     try:
+        net, init = load_init(args.init) if args.init else (None, None)
         report = fit_recogniser(args.dir, args.out, args.epochs, args.batch_size, args.lr, args.seed,
-                                device=args.device, progress=not args.quiet, extra_train=args.extra_train)
-    except AnnotationError as e:
-        print(f"error: {e}", file=sys.stderr)
+                                workers=args.workers, device=args.device, progress=not args.quiet,
+                                extra_train=args.extra_train, net=net, init=init)
+    except (AnnotationError, ValueError, FileNotFoundError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     text = json.dumps(report, indent=2)
     if args.report:

@@ -196,7 +196,7 @@ class PairSet:
                         text_attrs=text_attrs, image_attrs=image_attrs)
 
 
-_BASE_GRIDS: dict[tuple[int, int], torch.Tensor] = {}
+_BASE_GRIDS: dict[tuple[int, int, str], torch.Tensor] = {}
 
 
 def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -205,25 +205,28 @@ def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     A horizontal flip (half the photos), a small zoom (0.9-1.05) and shift (+-5%), then brightness
     and contrast (0.9-1.1); never hue. The flip, zoom and shift are one bilinear resample through a
     grid built by broadcasting, and brightness/contrast one multiply-add: full-resolution batches
-    would otherwise spend as long here as in the network.
+    would otherwise spend as long here as in the network. Runs on the batch's device.
     """
     b, h, w, _ = pixels.shape
-    flip = torch.rand(b, generator=generator) < 0.5
-    scale = torch.empty(b).uniform_(0.9, 1.05, generator=generator)
-    shift = torch.empty(b, 2).uniform_(-0.05, 0.05, generator=generator)
-    if (h, w) not in _BASE_GRIDS:
-        _BASE_GRIDS[(h, w)] = F.affine_grid(torch.eye(2, 3)[None], [1, 3, h, w], align_corners=False)[0]
-    base = _BASE_GRIDS[(h, w)]
+    dev = pixels.device
+    # the random draws come from the (CPU) generator whatever the device: same seed, same augmentation
+    flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
+    scale = torch.empty(b).uniform_(0.9, 1.05, generator=generator).to(dev)
+    shift = torch.empty(b, 2).uniform_(-0.05, 0.05, generator=generator).to(dev)
+    key = (h, w, str(dev))
+    if key not in _BASE_GRIDS:
+        _BASE_GRIDS[key] = F.affine_grid(torch.eye(2, 3)[None], [1, 3, h, w], align_corners=False)[0].to(dev)
+    base = _BASE_GRIDS[key]
     # sampling a mirrored photo at u is sampling the photo at -u
     sx = torch.where(flip, -scale, scale).view(b, 1, 1)
     tx = torch.where(flip, -shift[:, 0], shift[:, 0]).view(b, 1, 1)
-    grid = torch.empty(b, h, w, 2)
+    grid = torch.empty(b, h, w, 2, device=dev)
     grid[..., 0] = base[..., 0] * sx + tx
     grid[..., 1] = base[..., 1] * scale.view(b, 1, 1) + shift[:, 1].view(b, 1, 1)
     x = F.grid_sample(pixels.permute(0, 3, 1, 2).float(), grid, mode="bilinear", padding_mode="border",
                       align_corners=False)
-    brightness = torch.empty(b, 1, 1, 1).uniform_(0.9, 1.1, generator=generator)
-    contrast = torch.empty(b, 1, 1, 1).uniform_(0.9, 1.1, generator=generator)
+    brightness = torch.empty(b, 1, 1, 1).uniform_(0.9, 1.1, generator=generator).to(dev)
+    contrast = torch.empty(b, 1, 1, 1).uniform_(0.9, 1.1, generator=generator).to(dev)
     mean = x.mean(dim=(1, 2, 3), keepdim=True) / 255.0
     # ((x / 255 - mean) * contrast + mean) * brightness, in one multiply-add
     return x.mul_(contrast * brightness / 255.0).add_(mean * (1 - contrast) * brightness).clamp_(0, 1)
