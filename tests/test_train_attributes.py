@@ -154,13 +154,16 @@ def test_combine_writes_an_ensemble_that_averages_its_members(tmp_path):
     for seed in (0, 1):
         torch.manual_seed(seed)
         path = tmp_path / f"rec{seed}.safetensors"
-        Recogniser(tiny_net()).save(path, {"seed": seed, "verifier": {"threshold": 0.3}})
+        Recogniser(tiny_net()).save(path, {"seed": seed, "epochs": 3 + seed, "verifier": {"threshold": 0.3}})
         paths.append(path)
     singles = [Recogniser.load(p).predict_pixels(pixels) for p in paths]
     out = tmp_path / "ensemble.safetensors"
     assert main(["--combine", *map(str, paths), "--out", str(out)]) == 0
     config = json.loads(out.with_suffix(".json").read_text())
     assert config["members"] == 2 and config["seeds"] == [0, 1]
+    # each network's own training record, none of them passed off as the ensemble's
+    assert config["member_training"] == [{"seed": 0, "epochs": 3}, {"seed": 1, "epochs": 4}]
+    assert "epochs" not in config and "seed" not in config
     assert "verifier" not in config  # fitted on one network's probabilities: must be refitted
     ensemble = Recogniser.load(out)
     assert len(ensemble.members) == 2

@@ -183,6 +183,9 @@ class Recogniser:
         return out
 
 
+_PROVENANCE = ("trained_on", "train_photos", "epochs", "seed", "init")
+
+
 def combine(paths: Sequence[str | Path], out: str | Path, device: str | None = None) -> Recogniser:
     """Write one ensemble file from recogniser files trained with different seeds (same architecture).
 
@@ -194,9 +197,11 @@ def combine(paths: Sequence[str | Path], out: str | Path, device: str | None = N
     loaded = [Recogniser.load(p, device) for p in paths]
     nets = [m for r in loaded for m in r.members]
     first = loaded[0].config
-    config = {k: v for k, v in first.items() if k not in ("verifier", "members", "seed")}
+    config = {k: v for k, v in first.items() if k not in ("verifier", "members", "member_training") + _PROVENANCE}
     config["seeds"] = [r.config.get("seed") for r in loaded]
     config["trained_on"] = sorted({str(t) for r in loaded for t in r.config.get("trained_on", [])})
+    # how each network was trained (photos, epochs, a run it continued): members may differ
+    config["member_training"] = [{k: r.config[k] for k in _PROVENANCE if k in r.config} for r in loaded]
     config["flip_average"] = any(r.flip_average for r in loaded)
     rec = Recogniser(nets[0], device, config, extra_members=nets[1:])
     rec.save(out, {k: v for k, v in config.items() if k not in nets[0].config})
