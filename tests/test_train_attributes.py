@@ -154,7 +154,10 @@ def test_combine_writes_an_ensemble_that_averages_its_members(tmp_path):
     for seed in (0, 1):
         torch.manual_seed(seed)
         path = tmp_path / f"rec{seed}.safetensors"
-        Recogniser(tiny_net()).save(path, {"seed": seed, "epochs": 3 + seed, "verifier": {"threshold": 0.3}})
+        extra = {"seed": seed, "epochs": 3 + seed, "trained_on": ["w"], "verifier": {"threshold": 0.3}}
+        if seed:
+            extra["init"] = {"file": "first.safetensors", "trained_on": ["big"]}
+        Recogniser(tiny_net()).save(path, extra)
         paths.append(path)
     singles = [Recogniser.load(p).predict_pixels(pixels) for p in paths]
     out = tmp_path / "ensemble.safetensors"
@@ -162,7 +165,10 @@ def test_combine_writes_an_ensemble_that_averages_its_members(tmp_path):
     config = json.loads(out.with_suffix(".json").read_text())
     assert config["members"] == 2 and config["seeds"] == [0, 1]
     # each network's own training record, none of them passed off as the ensemble's
-    assert config["member_training"] == [{"seed": 0, "epochs": 3}, {"seed": 1, "epochs": 4}]
+    assert config["member_training"] == [{"trained_on": ["w"], "epochs": 3, "seed": 0},
+                                         {"trained_on": ["w"], "epochs": 4, "seed": 1,
+                                          "init": {"file": "first.safetensors", "trained_on": ["big"]}}]
+    assert config["trained_on"] == ["big", "w"]  # the worlds of a continued run count too
     assert "epochs" not in config and "seed" not in config
     assert "verifier" not in config  # fitted on one network's probabilities: must be refitted
     ensemble = Recogniser.load(out)

@@ -186,6 +186,11 @@ class Recogniser:
 _PROVENANCE = ("trained_on", "train_photos", "epochs", "seed", "init")
 
 
+def _worlds_seen(config: dict) -> list:
+    """Every world a network was trained on, those of the run it continued (``init``) included."""
+    return list(config.get("trained_on", [])) + (_worlds_seen(config["init"]) if "init" in config else [])
+
+
 def combine(paths: Sequence[str | Path], out: str | Path, device: str | None = None) -> Recogniser:
     """Write one ensemble file from recogniser files trained with different seeds (same architecture).
 
@@ -199,7 +204,7 @@ def combine(paths: Sequence[str | Path], out: str | Path, device: str | None = N
     first = loaded[0].config
     config = {k: v for k, v in first.items() if k not in ("verifier", "members", "member_training") + _PROVENANCE}
     config["seeds"] = [r.config.get("seed") for r in loaded]
-    config["trained_on"] = sorted({str(t) for r in loaded for t in r.config.get("trained_on", [])})
+    config["trained_on"] = sorted({str(t) for r in loaded for t in _worlds_seen(r.config)})
     # how each network was trained (photos, epochs, a run it continued): members may differ
     config["member_training"] = [{k: r.config[k] for k in _PROVENANCE if k in r.config} for r in loaded]
     config["flip_average"] = any(r.flip_average for r in loaded)
