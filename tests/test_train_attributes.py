@@ -92,8 +92,8 @@ def test_init_refuses_an_ensemble(small_world, tmp_path, capsys):
     Recogniser(tiny_net()).save(b)
     assert main(["--combine", str(a), str(b), "--out", str(tmp_path / "ens.safetensors")]) == 0
     capsys.readouterr()
-    assert main([str(small_world), "--init", str(tmp_path / "ens.safetensors"), "--out", str(tmp_path / "c.safetensors"),
-                 "--quiet"]) == 1
+    assert main([str(small_world), "--init", str(tmp_path / "ens.safetensors"),
+                 "--out", str(tmp_path / "c.safetensors"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ensemble" in err[0]
     assert not (tmp_path / "c.safetensors").exists()

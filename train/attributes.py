@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from data.synthpedes.ceiling import AnnotationError, load_annotations
 from tools.attributes import SLOT_NAMES
-from tools.mllm.recogniser import INPUT_SIZE, AttributeNet, Recogniser, combine, slot_classes, to_input
+from tools.mllm.recogniser import (INPUT_SIZE, PROVENANCE_KEYS, AttributeNet, Recogniser, combine, slot_classes,
+                                   to_input)
 
 from .pairs import augment, load_all_pixels
 
@@ -77,7 +78,7 @@ def load_init(path: str | Path) -> tuple[AttributeNet, dict]:
     rec = Recogniser.load(path, "cpu")
     if len(rec.members) > 1:
         raise ValueError(f"{path}: an ensemble of {len(rec.members)} networks; --init takes one network's file")
-    history = {k: rec.config[k] for k in ("trained_on", "train_photos", "epochs", "seed", "init") if k in rec.config}
+    history = {k: rec.config[k] for k in PROVENANCE_KEYS if k in rec.config}
     return rec.net.train(), {"file": Path(path).name, **history}
 
 
@@ -116,8 +117,7 @@ def fit_recogniser(root: str | Path, out: str | Path, epochs: int = 16, batch_si
     best, history, t_start = -1.0, [], time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    on_gpu = rec.device.type == "cuda"
-    if on_gpu:
+    if rec.device.type == "cuda":
         # the whole uint8 train set on the GPU (1 GB per 10k photos): the host would otherwise feed every batch
         torch.backends.cudnn.benchmark = True
         train_t = torch.from_numpy(train_x).to(rec.device)
@@ -146,13 +146,14 @@ def fit_recogniser(root: str | Path, out: str | Path, epochs: int = 16, batch_si
             losses.append(loss.detach())
         acc = accuracy(rec, val_x, val_y) if len(val_x) else {}
         mean_acc = float(np.mean([acc[s] for s in SLOT_NAMES])) if acc else float(epoch)
-        history.append({"epoch": epoch + 1, "loss": round(float(torch.stack(losses).float().mean()), 4), "val_mean_acc": round(mean_acc, 4),
-                        "elapsed_s": round(time.perf_counter() - t_start, 1)})
+        history.append({"epoch": epoch + 1, "loss": round(float(torch.stack(losses).float().mean()), 4),
+                        "val_mean_acc": round(mean_acc, 4), "elapsed_s": round(time.perf_counter() - t_start, 1)})
         log.info("epoch %d: %s", epoch + 1, history[-1])
         if mean_acc >= best:
             best = mean_acc
             rec.save(out, {"trained_on": [root.resolve().name] + [Path(e).resolve().name for e in extra_train],
-                           "train_photos": n_train, "epochs": epochs, "seed": seed, **({"init": init} if init else {})})
+                           "train_photos": n_train, "epochs": epochs, "seed": seed,
+                           **({"init": init} if init else {})})
     test_x, test_y = split_data(root, ann, "test", workers, progress, size)
     final = Recogniser.load(out, device)
     report = {"out": str(out), "seconds": round(time.perf_counter() - t_start, 1), "best_val_mean_acc": round(best, 4),

@@ -183,7 +183,8 @@ class Recogniser:
         return out
 
 
-_PROVENANCE = ("trained_on", "train_photos", "epochs", "seed", "init")
+# what a network's config says about how it was trained
+PROVENANCE_KEYS = ("trained_on", "train_photos", "epochs", "seed", "init")
 
 
 def _worlds_seen(config: dict) -> list:
@@ -202,11 +203,11 @@ def combine(paths: Sequence[str | Path], out: str | Path, device: str | None = N
     loaded = [Recogniser.load(p, device) for p in paths]
     nets = [m for r in loaded for m in r.members]
     first = loaded[0].config
-    config = {k: v for k, v in first.items() if k not in ("verifier", "members", "member_training") + _PROVENANCE}
+    config = {k: v for k, v in first.items() if k not in ("verifier", "members", "member_training") + PROVENANCE_KEYS}
     config["seeds"] = [r.config.get("seed") for r in loaded]
     config["trained_on"] = sorted({str(t) for r in loaded for t in _worlds_seen(r.config)})
     # how each network was trained (photos, epochs, a run it continued): members may differ
-    config["member_training"] = [{k: r.config[k] for k in _PROVENANCE if k in r.config} for r in loaded]
+    config["member_training"] = [{k: r.config[k] for k in PROVENANCE_KEYS if k in r.config} for r in loaded]
     config["flip_average"] = any(r.flip_average for r in loaded)
     rec = Recogniser(nets[0], device, config, extra_members=nets[1:])
     rec.save(out, {k: v for k, v in config.items() if k not in nets[0].config})
