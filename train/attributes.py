@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from data.synthpedes.ceiling import AnnotationError, load_annotations
 from tools.attributes import SLOT_NAMES
-from tools.mllm.recogniser import (INPUT_SIZE, PROVENANCE_KEYS, AttributeNet, Recogniser, combine, slot_classes,
+from tools.mllm.recogniser import (INPUT_SIZE, AttributeNet, Recogniser, combine, provenance, slot_classes,
                                    to_input)
 
 from .pairs import augment, load_all_pixels
@@ -78,8 +78,7 @@ def load_init(path: str | Path) -> tuple[AttributeNet, dict]:
     rec = Recogniser.load(path, "cpu")
     if len(rec.members) > 1:
         raise ValueError(f"{path}: an ensemble of {len(rec.members)} networks; --init takes one network's file")
-    history = {k: rec.config[k] for k in PROVENANCE_KEYS if k in rec.config}
-    return rec.net.train(), {"file": Path(path).name, **history}
+    return rec.net.train(), {"file": Path(path).name, **provenance(rec.config)}
 
 
 def fit_recogniser(root: str | Path, out: str | Path, epochs: int = 16, batch_size: int = 128, lr: float = 2e-3,

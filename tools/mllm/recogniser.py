@@ -187,6 +187,11 @@ class Recogniser:
 PROVENANCE_KEYS = ("trained_on", "train_photos", "epochs", "seed", "init")
 
 
+def provenance(config: dict) -> dict:
+    """The part of a network's config that says how it was trained."""
+    return {k: config[k] for k in PROVENANCE_KEYS if k in config}
+
+
 def _worlds_seen(config: dict) -> list:
     """Every world a network was trained on, those of the run it continued (``init``) included."""
     return list(config.get("trained_on", [])) + (_worlds_seen(config["init"]) if "init" in config else [])
@@ -207,7 +212,7 @@ def combine(paths: Sequence[str | Path], out: str | Path, device: str | None = N
     config["seeds"] = [r.config.get("seed") for r in loaded]
     config["trained_on"] = sorted({str(t) for r in loaded for t in _worlds_seen(r.config)})
     # how each network was trained (photos, epochs, a run it continued): members may differ
-    config["member_training"] = [{k: r.config[k] for k in PROVENANCE_KEYS if k in r.config} for r in loaded]
+    config["member_training"] = [provenance(r.config) for r in loaded]
     config["flip_average"] = any(r.flip_average for r in loaded)
     rec = Recogniser(nets[0], device, config, extra_members=nets[1:])
     rec.save(out, {k: v for k, v in config.items() if k not in nets[0].config})
