@@ -127,13 +127,16 @@ def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder:
         t0 = time.perf_counter()
         index.embeddings @ embedder.encode_texts([text], progress=False)[0]  # plain retrieval (uncached)
         baseline_ms.append((time.perf_counter() - t0) * 1000)
+        for b in backends:  # each dialogue pays for its own answers (see MLLM.clear_cache)
+            b.clear_cache()
         calls0 = total_calls()
         t0 = time.perf_counter()
         snapshots = []
         for values in graph.stream({"query": text}, context=ctx, config={"recursion_limit": limit_steps},
                                    stream_mode="values"):
             if values.get("rounds") and len(values["rounds"]) > len(snapshots):
-                snapshots.append({k: values[k] for k in ("query", "current_query", "anchor", "verified")})
+                snapshots.append({k: values.get(k) for k in ("query", "current_query", "anchor", "verified", "checked",
+                                                            "stated", "facts")})
             final = values
         latency.append((time.perf_counter() - t0) * 1000)
         calls.append(total_calls() - calls0)

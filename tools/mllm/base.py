@@ -193,6 +193,13 @@ class MLLM(ABC):
     def reset_stats(self) -> None:
         self.stats = CallStats()
 
+    def clear_cache(self) -> None:
+        """Forget cached answers (benchmarks do this between dialogues, so that the calls counted per
+        query are what a dialogue costs on its own)."""
+        if self._cache is not None:
+            with self._lock:
+                self._cache.clear()
+
 
 def grammar_merge(query: str, facts: Sequence[Answer], budget: int | None = None,
                   count_tokens: Callable[[str], int] | None = None) -> str:
