@@ -12,10 +12,16 @@ Pure decisions over plain values (ids, ranks, similarities, verdicts); the graph
   for going deeper on the queries whose top candidates are wrong.
 * Adaptive, batch search: several unverified candidates from the top of the current ranking per
   round; the anchor is the best-ranked (or most confident) candidate verified "yes".
+* With a user (adaptive, ``user_check="answers"``): each checked candidate answers the whole
+  questionnaire once, and :func:`agreement` compares its answers with everything known about the
+  target (the query's statements and the user's answers), fact by fact. Unlike one yes/no verdict
+  on a long description, a single misread attribute costs a little instead of everything, and the
+  comparison follows the facts as the user adds them without asking the candidate again.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -76,3 +82,53 @@ class AdaptiveInspector:
         if self.by == "confidence":
             return max(yes, key=lambda i: verified[i]["confidence"])  # max keeps the first of equals
         return yes[0]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How well a candidate's own answers fit what is known about the target (see :func:`agreement`)."""
+
+    score: float  # log-likelihood ratio: > 0 fits better than a random photo would
+    agree: list[str]  # slots where the candidate's answer is the known value
+    differ: list[str]  # slots where it answers something else
+
+    @property
+    def match(self) -> bool:
+        return self.score > 0
+
+    @property
+    def confidence(self) -> float:
+        """Confidence in ``match`` (a logistic of the score's size)."""
+        return 1.0 / (1.0 + math.exp(-abs(self.score)))
+
+
+def agreement(answers: Mapping[str, Sequence], known: Mapping[str, str], prior: float = 0.3,
+              floor: float = 0.02, weights: Mapping[str, float] | None = None) -> Agreement:
+    """Compare a candidate's answers ``{slot: [value or None, confidence]}`` with the ``known``
+    facts about the target ``{slot: value}``: a naive-Bayes log-likelihood ratio of "this is the
+    target" against "a random photo". An answer equal to the known value adds
+    ``log(confidence / prior)`` (the eyes are right with that confidence; a random photo shows the
+    value with probability ``prior``); another value adds ``log(max(1 - confidence, floor) /
+    (1 - prior))`` (only an error of the eyes explains it, and a sure error is never impossible);
+    "cannot tell" and unasked slots add nothing. ``weights`` scale slots (default 1), e.g. the
+    photo's context, which the person's other photos do not share.
+
+    >>> agreement({"hat": ["cap", 0.9]}, {"hat": "cap"}).score > 0
+    True
+    """
+    if not 0.0 < prior < 1.0 or not 0.0 < floor < 1.0:
+        raise ValueError("prior and floor must be within (0, 1)")
+    score, agree, differ = 0.0, [], []
+    for slot, value in known.items():
+        answer = answers.get(slot)
+        if not answer or answer[0] is None:
+            continue
+        seen, confidence = answer[0], min(max(float(answer[1]), floor), 1.0 - floor)
+        w = 1.0 if weights is None else weights.get(slot, 1.0)
+        if seen == value:
+            score += w * math.log(confidence / prior)
+            agree.append(slot)
+        else:
+            score += w * math.log(max(1.0 - confidence, floor) / (1.0 - prior))
+            differ.append(slot)
+    return Agreement(score, agree, differ)

@@ -1,7 +1,8 @@
 """python -m eval.tune_thi: score THI settings on the VALIDATION split (never test).
 
 Each setting is a JSON object of ``THIConfig`` fields, plus ``"user": "simulated"`` for the
-simulated-user mode; one JSON line is printed per setting (baseline, final, calls, overhead).
+simulated-user mode (and ``"user_mllm": "oracle"`` for a simulated user answering from the
+annotations instead of the offline MLLM's eyes); one JSON line is printed per setting (baseline, final, calls, overhead).
 This is how the defaults in ``graphs/config.py`` were chosen.
 
     python -m eval.tune_thi synthpedes --limit 800 '{"anchor_image_weight": 0.1}' '{"policy": "paper", "xi": 0.8}'
@@ -37,17 +38,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = [json.loads(s) for s in args.settings]
-        configs = [(s.pop("user", "none"), THIConfig(**s), s) for s in settings]
+        configs = [(s.pop("user", "none"), s.pop("user_mllm", None), THIConfig(**s), s) for s in settings]
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         print(f"error: bad setting: {e}", file=sys.stderr)
         return 2
     embedder = Embedder(args.model)
-    for user, cfg, shown in configs:
+    for user, user_mllm, cfg, shown in configs:
         # a fresh backend per setting: cached answers from the previous setting would not count as calls
         mllm = make_mllm("offline")
-        r = run_thi_benchmark(args.dir, cfg, mllm, embedder, split=args.split, user=user, limit=args.limit,
-                              seed=args.seed, progress=False)
-        print(json.dumps({"setting": shown, "user": user, "baseline": r["baseline"], "final": r["final"],
+        answerer = make_mllm(user_mllm, **({"synthpedes_dir": args.dir} if user_mllm == "oracle" else {})) \
+            if user_mllm else None
+        r = run_thi_benchmark(args.dir, cfg, mllm, embedder, split=args.split, user=user, user_mllm=answerer,
+                              limit=args.limit, seed=args.seed, progress=False)
+        print(json.dumps({"setting": shown, "user": r["user"], "baseline": r["baseline"], "final": r["final"],
                           "mllm_calls": r["mllm_calls"], "overhead_ms": r["overhead_ms"]}), flush=True)
     return 0
 

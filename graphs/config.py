@@ -47,12 +47,19 @@ class THIConfig:
     anchor_image_weight: float = 0.2  # adaptive, without a user: weight of image similarity to the anchor
     # With a user the facts describe the target itself, so checking many candidates against them
     # pays off (at the price of more MLLM calls; the no-user budget above follows the paper's).
-    user_verify_per_round: int = 10
-    user_verify_window: int = 20
-    user_verify_budget: int = 50
-    user_verify_weight: float = 0.3
+    # "answers": a checked candidate answers the whole questionnaire once (one call) and is scored
+    # fact by fact against everything known (agents.inspector.agreement); "verify": one yes/no
+    # verification of the full description per candidate and round (the earlier behaviour).
+    user_check: str = "answers"
+    user_verify_per_round: int = 15
+    user_verify_window: int = 30
+    user_verify_budget: int = 60
+    user_verify_weight: float = 0.3  # user_check "verify": a candidate moves by w * (2 p(match) - 1)
+    agreement_weight: float = 0.1  # user_check "answers": the agreement log-likelihood ratio's weight in the score
+    agreement_prior: float = 0.3  # chance that a random photo shows a stated value
+    agreement_floor: float = 0.02  # least probability that the eyes misread an attribute
     ask_context: bool = True  # adaptive, with a user: also ask where the person was, doing what, anyone nearby
-    user_elsewhere_factor: float = 0.5  # with a user: share of the match weight for the person seen in another context
+    user_elsewhere_factor: float = 0.5  # with a user: weight of the photo's context against the person's facts
     shortlist: int = 100  # candidates kept in the state
 
     def __post_init__(self) -> None:
@@ -64,6 +71,10 @@ class THIConfig:
             raise ValueError(f"anchor_search must be 'sequential' or 'batch', not {self.anchor_search!r}")
         if self.anchor_depth < 1 or self.verify_after_anchor < 0:
             raise ValueError("anchor_depth must be >= 1 and verify_after_anchor >= 0")
+        if self.user_check not in ("answers", "verify"):
+            raise ValueError(f"user_check must be 'answers' or 'verify', not {self.user_check!r}")
+        if not 0.0 < self.agreement_prior < 1.0 or not 0.0 < self.agreement_floor < 1.0:
+            raise ValueError("agreement_prior and agreement_floor must be within (0, 1)")
         if self.anchor_by not in ("rank", "confidence"):
             raise ValueError(f"anchor_by must be 'rank' or 'confidence', not {self.anchor_by!r}")
         if not 0.0 <= self.lam <= 1.0:

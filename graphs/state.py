@@ -56,6 +56,7 @@ class THIState(TypedDict, total=False):
     original_ranking: list[Candidate]
     ranking: list[Candidate]
     verified: dict[str, dict]  # image id -> {"match", "confidence", "query"[, "elsewhere"]}
+    checked: dict[str, dict[str, list]]  # with a user: image id -> {slot: [value or None, confidence]}
     anchor: str | None
     facts: dict[str, str]  # slot -> value learned from answers
     stated: dict[str, str]  # slot -> value the query itself states

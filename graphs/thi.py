@@ -11,7 +11,9 @@ retrieve -> inspect -> ask -> rewrite -> re_retrieve -> converge -> (inspect | E
 * ``adaptive`` policy (ours): without a user, the anchor is searched for down the *current*
   ranking one verification at a time, stopping at the first confident "yes" (deeper than the
   paper's top 5 when the top candidates are wrong, cheaper when they are right), and a few more
-  candidates are verified once it is known; with a user, several candidates per round. Questions
+  candidates are verified once it is known; with a user, several candidates per round, each
+  answering the whole questionnaire once and scored fact by fact against what the user has told
+  (``agents.inspector.agreement``; ``user_check="verify"`` keeps one yes/no verdict instead). Questions
   chosen where the top candidates disagree, refinement across rounds, verified
   candidates moved up (match) or down (contradiction) once an anchor exists, and a stop when the
   top-k no longer changes, nothing new was learned, or the round limit is hit. A query whose anchor
@@ -36,11 +38,11 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
-from agents.inspector import AdaptiveInspector, PaperInspector
+from agents.inspector import AdaptiveInspector, PaperInspector, agreement
 from agents.questioner import AdaptiveQuestioner, paper_questions, with_items
 from agents.rewriter import Rewriter
 from agents.users import HumanUser, question_payload, read_human_answers
-from tools.attributes import SLOTS
+from tools.attributes import SLOT_NAMES, SLOTS
 from tools.mllm.base import Answer, MLLMError, grammar_merge
 from tools.mllm.parser import parse
 
@@ -114,6 +116,12 @@ def _fused(state: THIState, ctx: THIContext) -> np.ndarray:
         # The accepted anchor is a photo of the person: its look pulls up the same person's other
         # photos (other cameras), which the caption alone ranks lower.
         scores = scores + cfg.anchor_image_weight * (idx.embeddings @ idx.embeddings[idx.position[anchor]])
+    if user_mode and cfg.user_check == "answers":
+        known = _known(state)
+        weights = _agreement_weights(cfg)
+        for image_id, answers in (state.get("checked") or {}).items():
+            a = agreement(answers, known, cfg.agreement_prior, cfg.agreement_floor, weights)
+            scores[idx.position[image_id]] += cfg.agreement_weight * a.score
     for image_id, v in (state.get("verified") or {}).items():
         if v.get("match") is None:
             continue
@@ -124,6 +132,17 @@ def _fused(state: THIState, ctx: THIContext) -> np.ndarray:
             weight *= cfg.user_elsewhere_factor  # the person, but not the photo the user saw
         scores[idx.position[image_id]] += weight * (2.0 * p_match - 1.0)
     return scores
+
+
+def _known(state: THIState) -> dict[str, str]:
+    """Everything known about the target: the query's statements, then the answers."""
+    return {**(state.get("stated") or {}), **(state.get("facts") or {})}
+
+
+def _agreement_weights(cfg: THIConfig) -> dict[str, float]:
+    # The photo's context (where, doing what, anyone nearby) singles out the photo the user saw;
+    # the person's other photos differ there, so it counts less than the person's own facts.
+    return {s: cfg.user_elsewhere_factor for s in SLOT_NAMES if SLOTS[s].scope == "image"}
 
 
 def _target_rank(scores: np.ndarray, ctx: THIContext) -> int | None:
@@ -154,7 +173,8 @@ def retrieve(state: THIState, runtime: Runtime[THIContext]) -> dict:
         log.warning("the query exceeds the %d-token budget; the encoder does not see: %r",
                     ctx.index.embedder.token_budget, truncated)
     return {"current_query": query, "description": query, "round": 0, "original_ranking": ranking,
-            "ranking": ranking, "top1_similarity": ranking[0]["score"], "verified": {}, "anchor": None, "facts": {},
+            "ranking": ranking, "top1_similarity": ranking[0]["score"], "verified": {}, "checked": {}, "anchor": None,
+            "facts": {},
             "stated": parse(query).constraints, "asked": [], "rounds": [], "truncated": truncated,
             "finished_by_user": False, "pending": {}}
 
@@ -194,6 +214,43 @@ def _person_description(state: THIState) -> str | None:
     return grammar_merge(state["query"], [Answer(s, v, 1.0, v) for s, v in facts.items() if SLOTS[s].scope != "image"])
 
 
+def _check_with_questionnaire(state: THIState, ctx: THIContext, pending: dict) -> tuple[dict, str | None]:
+    """With a user: the next unchecked candidates of the current ranking answer the whole
+    questionnaire (one call each, once per query); every checked candidate is then scored against
+    what is known, now and after later answers (``_fused``). Returns (checked, anchor): the anchor
+    is the best-fitting checked candidate, for the trace."""
+    cfg = ctx.config
+    checked = dict(state.get("checked") or {})
+    inspector = AdaptiveInspector(cfg.user_verify_per_round, cfg.user_verify_window)
+    budget = max(0, cfg.user_verify_budget - _verifications(state["rounds"]))
+    ranking_ids = [c["id"] for c in state["ranking"]]
+    chosen = inspector.candidates(ranking_ids, checked)[:budget]
+    ctx.mllm.prefetch([ctx.index.image(i) for i in chosen])
+    known = _known(state)
+    weights = _agreement_weights(cfg)
+    for image_id in chosen:
+        rank = ranking_ids.index(image_id) + 1
+        calls0 = ctx.mllm.stats.total_calls
+        try:
+            answers = ctx.mllm.ask(ctx.index.image(image_id), SLOT_NAMES)
+        except MLLMError as e:
+            pending["inspected"].append({"id": image_id, "rank": rank, "match": None, "confidence": 0.0,
+                                         "reason": f"skipped: {e.kind}: {e}", "cached": False})
+            pending["notes"].append(f"questions about {image_id} skipped ({e.kind}: {e})")
+            continue
+        checked[image_id] = {a.slot: [a.value, round(float(a.confidence), 4)] for a in answers}
+        a = agreement(checked[image_id], known, cfg.agreement_prior, cfg.agreement_floor, weights)
+        differ = ", ".join(f"{slot} ({checked[image_id][slot][0]}, not {known[slot]})" for slot in a.differ)
+        pending["inspected"].append({
+            "id": image_id, "rank": rank, "match": a.match, "confidence": round(a.confidence, 4),
+            "reason": f"agrees on {len(a.agree)} of {len(a.agree) + len(a.differ)} facts it can tell"
+                      + (f"; differs on {differ}" if differ else ""), "cached": ctx.mllm.stats.total_calls == calls0})
+    fits = {i: agreement(ans, known, cfg.agreement_prior, cfg.agreement_floor, weights).score
+            for i, ans in checked.items()}
+    best = max(fits, key=fits.get, default=None)
+    return checked, (best if best is not None and fits[best] > 0 else None)
+
+
 def inspect(state: THIState, runtime: Runtime[THIContext]) -> dict:
     ctx, cfg = runtime.context, runtime.context.config
     round_no = state["round"] + 1
@@ -215,6 +272,9 @@ def inspect(state: THIState, runtime: Runtime[THIContext]) -> dict:
                 anchor = cand
                 pending["new_anchor"] = True
             verified[cand] = {"match": ins["match"], "confidence": ins["confidence"], "query": state["query"]}
+    elif ctx.user is not None and cfg.user_check == "answers":
+        checked, anchor = _check_with_questionnaire(state, ctx, pending)
+        return {"round": round_no, "pending": pending, "checked": checked, "anchor": anchor}
     else:
         user_mode = ctx.user is not None
         inspector = AdaptiveInspector(cfg.user_verify_per_round if user_mode else cfg.verify_per_round,

@@ -179,9 +179,10 @@ def test_adaptive_anchor_image_pulls_up_similar_photos(setup):
     assert failed["ranking"] == failed["original_ranking"]
 
 
-def test_with_a_user_more_candidates_are_checked_within_their_budget(setup):
+@pytest.mark.parametrize("check", ["answers", "verify"])
+def test_with_a_user_more_candidates_are_checked_within_their_budget(setup, check):
     mllm = OracleMLLM(setup["world"])
-    cfg = THIConfig(policy="adaptive", rounds=3, user_verify_per_round=4, user_verify_budget=6)
+    cfg = THIConfig(policy="adaptive", rounds=3, user_verify_per_round=4, user_verify_budget=6, user_check=check)
     target = setup["index"].ids[0]
     user = SimulatedUser(mllm, setup["index"].image(target))
     state = run("a person", THIContext(setup["index"], mllm, cfg, user=user))
@@ -216,7 +217,7 @@ def test_with_a_user_verification_checks_facts_the_text_encoder_had_no_room_for(
     # long answers to every question: they cannot all fit the encoder's 75 tokens
     mllm = RecordingMLLM(ALL_ANSWERS)
     cfg = THIConfig(policy="adaptive", rounds=4, questions_per_round=8, user_verify_per_round=2,
-                    user_verify_budget=8)
+                    user_verify_budget=8, user_check="verify")
     user = SimulatedUser(mllm, setup["index"].image(setup["index"].ids[0]))
     # many words, few attributes: the first round's answers no longer fit beside them
     query = ("Someone I saw from a distance near the entrance of the old station building in the late afternoon "
@@ -255,7 +256,7 @@ def test_with_a_user_the_photo_context_is_asked_and_a_no_is_rechecked_for_the_pe
     mllm = OtherPlaceMLLM({"gender": "female", "upper_color": "red", **context})
     # every slot looks equally disputed, and one round may ask them all
     monkeypatch.setattr(setup["index"], "disagreement", lambda ids, slots: {s: 1.0 for s in slots})
-    cfg = THIConfig(policy="adaptive", rounds=2, questions_per_round=30, user_verify_per_round=3)
+    cfg = THIConfig(policy="adaptive", rounds=2, questions_per_round=30, user_verify_per_round=3, user_check="verify")
     user = SimulatedUser(mllm, setup["index"].image(setup["index"].ids[0]))
     ctx = THIContext(setup["index"], mllm, cfg, user=user)
     state = run("a person", ctx)
@@ -271,6 +272,71 @@ def test_with_a_user_the_photo_context_is_asked_and_a_no_is_rechecked_for_the_pe
     without = THIConfig(policy="adaptive", rounds=2, questions_per_round=30, ask_context=False)
     state = run("a person", THIContext(setup["index"], RecordingMLLM(ALL_ANSWERS), without, user=user))
     assert not set(context) & set(state["asked"])
+
+
+class PerPhotoMLLM(ScriptedMLLM):
+    """Answers ``answers`` about the target photo and ``others`` (the same with a few values changed)
+    about every other photo; records which photos were asked what; can fail on the other photos."""
+
+    def __init__(self, target, answers, others, fail_others=False):
+        super().__init__([], answers=answers)
+        self.target, self.others, self.fail_others = target, others, fail_others
+        self.asked = []
+
+    def _verify(self, image, text):
+        raise AssertionError("candidates are checked by their answers, not by verification")
+
+    def _ask(self, image, slots):
+        self.asked.append((image.id, tuple(slots)))
+        if image.id != self.target and self.fail_others:
+            raise MLLMError("no reply", kind="timeout")
+        table = self.answers if image.id == self.target else self.others
+        return [Answer(s, table.get(s), 0.9, str(table.get(s))) for s in slots]
+
+
+def _user_setup(setup, fail_others=False):
+    idx = setup["index"]
+    ranked = [idx.ids[i] for i in np.argsort(-idx.scores("a person"), kind="stable")]
+    target = ranked[3]  # not where the query alone puts it
+    others = {**ALL_ANSWERS, "upper_color": "red", "hat": "none"}
+    mllm = PerPhotoMLLM(target, ALL_ANSWERS, others, fail_others)
+    cfg = THIConfig(policy="adaptive", rounds=2, questions_per_round=30, user_verify_per_round=5,
+                    user_verify_window=5, user_verify_budget=10)
+    return THIContext(idx, mllm, cfg, user=SimulatedUser(mllm, idx.image(target))), target
+
+
+def test_with_a_user_candidates_answer_the_questionnaire_once_and_the_one_that_fits_rises(setup):
+    from agents.inspector import agreement
+    from tools.attributes import SLOT_NAMES
+
+    ctx, target = _user_setup(setup)
+    state = run("a person", ctx)
+    candidates = [(i, slots) for i, slots in ctx.mllm.asked if slots == tuple(SLOT_NAMES)]
+    assert {i for i, _ in candidates} == set(state["checked"])
+    assert len(candidates) == len(set(candidates)) == 10  # each checked once, within the budget
+    assert state["ranking"][0]["id"] == target and state["anchor"] == target
+    # the trace judges each check by what was known when it ran: nothing in round 1 ("a person")
+    first, second = state["rounds"][0]["inspected"], state["rounds"][1]["inspected"]
+    assert all(i["match"] is False and i["reason"].startswith("agrees on 0 of 0") for i in first)
+    assert all("differs on upper_color (red, not beige), hat (none, not brimmed hat)" in i["reason"] for i in second)
+    # the score moves by the agreement's weight times its log-likelihood ratio (background counts half)
+    known = {**state["stated"], **state["facts"]}
+    weights = {"action": 0.5, "background": 0.5, "other_people": 0.5}
+    fit = agreement(state["checked"][target], known, 0.3, 0.02, weights).score
+    moved = final_scores(state, ctx) - final_scores({**state, "checked": {}}, ctx)
+    assert moved[ctx.index.position[target]] == pytest.approx(ctx.config.agreement_weight * fit)
+    others = [moved[ctx.index.position[i]] for i in state["checked"] if i != target]
+    assert fit > 0 and max(others) < moved[ctx.index.position[target]]
+
+
+def test_with_a_user_a_candidate_that_cannot_answer_is_skipped_and_traced(setup):
+    ctx, target = _user_setup(setup, fail_others=True)
+    state = run("a person", ctx)
+    inspected = [i for r in state["rounds"] for i in r["inspected"]]
+    failed = [i for i in inspected if i["match"] is None]
+    assert failed and all(i["reason"].startswith("skipped: timeout") for i in failed)
+    assert set(state["checked"]) <= {target}
+    assert any("skipped" in n for r in state["rounds"] for n in r["notes"])
 
 
 @pytest.mark.parametrize("fail", ["verify", "ask"])
