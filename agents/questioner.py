@@ -3,7 +3,9 @@
 * Paper: the fixed 15-question questionnaire (every slot of ``tools.attributes``), once.
 * Adaptive (ours): the slots on which the current top candidates disagree most (mutual
   information from ``tools.probe.AttributeProbe``), skipping what the query already states and what
-  was already asked. Disagreement is what makes an answer able to reorder the candidates. With a
+  was already asked. Disagreement is what makes an answer able to reorder the candidates. Once the
+  top candidates have answered the questionnaire themselves (with a user), their own answers
+  measure it instead (:func:`answer_disagreement`). With a
   user who saw the target photo, the photo's context (where, doing what, anyone nearby: the
   paper's questions 13-15) is asked too: it does not identify a person, but it singles out the
   photo.
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
+
+import numpy as np
 
 from tools.attributes import PAPER_QUESTIONNAIRE, SLOT_NAMES
 
@@ -47,6 +51,22 @@ class AdaptiveQuestioner:
         ranked = sorted(open_slots, key=lambda s: (-scores.get(s, 0.0), order.index(s)))
         picked = [s for s in ranked if scores.get(s, 0.0) >= self.min_disagreement][: self.per_round]
         return picked
+
+
+def answer_disagreement(answers: Sequence[Mapping[str, Sequence]], slots: Sequence[str]) -> dict[str, float]:
+    """Per slot, how much the candidates' own answers (``{slot: [value or None, confidence]}``, one
+    mapping per candidate) disagree: the entropy (nats) of the values among those that can tell,
+    times the share that can tell. Zero when they all say the same thing."""
+    out = {}
+    for slot in slots:
+        values = [a[slot][0] for a in answers if a.get(slot) and a[slot][0] is not None]
+        if not values or not answers:
+            out[slot] = 0.0
+            continue
+        counts = np.unique(np.asarray(values, dtype=object).astype(str), return_counts=True)[1]
+        p = counts / counts.sum()
+        out[slot] = float(-(p * np.log(p)).sum() * len(values) / len(answers)) + 0.0  # no -0.0
+    return out
 
 
 def with_items(slots: Sequence[str]) -> list[str]:

@@ -39,6 +39,9 @@ class THIConfig:
     verify_window: int = 5  # adaptive, batch search: how deep in the current ranking to look for unverified candidates
     verify_budget: int = 5  # adaptive, batch search: verifications per query at most (the paper's worst case is 5)
     questions_per_round: int = 5  # adaptive, with a user: questions per round
+    # adaptive, with a user: where the top candidates disagree, judged by the retriever's zero-shot
+    # probe ("probe") or, once they have answered the questionnaire, by their answers ("answers")
+    questions_from: str = "answers"
     anchor_questions: int = 8  # adaptive, without a user: questions asked of the anchor (once)
     lam_user: float = 0.5  # adaptive, with a user: fusion weight of the original similarity
     verify_weight: float = 0.1  # adaptive: a verified candidate moves by w * (2 p(match) - 1) once there is an anchor
@@ -71,6 +74,8 @@ class THIConfig:
             raise ValueError(f"anchor_search must be 'sequential' or 'batch', not {self.anchor_search!r}")
         if self.anchor_depth < 1 or self.verify_after_anchor < 0:
             raise ValueError("anchor_depth must be >= 1 and verify_after_anchor >= 0")
+        if self.questions_from not in ("probe", "answers"):
+            raise ValueError(f"questions_from must be 'probe' or 'answers', not {self.questions_from!r}")
         if self.user_check not in ("answers", "verify"):
             raise ValueError(f"user_check must be 'answers' or 'verify', not {self.user_check!r}")
         if not 0.0 < self.agreement_prior < 1.0 or not 0.0 < self.agreement_floor < 1.0:

@@ -38,8 +38,8 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
-from agents.inspector import AdaptiveInspector, PaperInspector, agreement
-from agents.questioner import AdaptiveQuestioner, paper_questions, with_items
+from agents.inspector import AdaptiveInspector, Agreement, PaperInspector, agreement
+from agents.questioner import AdaptiveQuestioner, answer_disagreement, paper_questions, with_items
 from agents.rewriter import Rewriter
 from agents.users import HumanUser, question_payload, read_human_answers
 from tools.attributes import SLOT_NAMES, SLOTS
@@ -118,10 +118,8 @@ def _fused(state: THIState, ctx: THIContext) -> np.ndarray:
         scores = scores + cfg.anchor_image_weight * (idx.embeddings @ idx.embeddings[idx.position[anchor]])
     if user_mode and cfg.user_check == "answers":
         known = _known(state)
-        weights = _agreement_weights(cfg)
         for image_id, answers in (state.get("checked") or {}).items():
-            a = agreement(answers, known, cfg.agreement_prior, cfg.agreement_floor, weights)
-            scores[idx.position[image_id]] += cfg.agreement_weight * a.score
+            scores[idx.position[image_id]] += cfg.agreement_weight * _agreement(cfg, answers, known).score
     for image_id, v in (state.get("verified") or {}).items():
         if v.get("match") is None:
             continue
@@ -139,10 +137,11 @@ def _known(state: THIState) -> dict[str, str]:
     return {**(state.get("stated") or {}), **(state.get("facts") or {})}
 
 
-def _agreement_weights(cfg: THIConfig) -> dict[str, float]:
+def _agreement(cfg: THIConfig, answers: dict[str, list], known: dict[str, str]) -> Agreement:
     # The photo's context (where, doing what, anyone nearby) singles out the photo the user saw;
     # the person's other photos differ there, so it counts less than the person's own facts.
-    return {s: cfg.user_elsewhere_factor for s in SLOT_NAMES if SLOTS[s].scope == "image"}
+    weights = {s: cfg.user_elsewhere_factor for s in SLOT_NAMES if SLOTS[s].scope == "image"}
+    return agreement(answers, known, cfg.agreement_prior, cfg.agreement_floor, weights)
 
 
 def _target_rank(scores: np.ndarray, ctx: THIContext) -> int | None:
@@ -174,8 +173,7 @@ def retrieve(state: THIState, runtime: Runtime[THIContext]) -> dict:
                     ctx.index.embedder.token_budget, truncated)
     return {"current_query": query, "description": query, "round": 0, "original_ranking": ranking,
             "ranking": ranking, "top1_similarity": ranking[0]["score"], "verified": {}, "checked": {}, "anchor": None,
-            "facts": {},
-            "stated": parse(query).constraints, "asked": [], "rounds": [], "truncated": truncated,
+            "facts": {}, "stated": parse(query).constraints, "asked": [], "rounds": [], "truncated": truncated,
             "finished_by_user": False, "pending": {}}
 
 
@@ -227,7 +225,6 @@ def _check_with_questionnaire(state: THIState, ctx: THIContext, pending: dict) -
     chosen = inspector.candidates(ranking_ids, checked)[:budget]
     ctx.mllm.prefetch([ctx.index.image(i) for i in chosen])
     known = _known(state)
-    weights = _agreement_weights(cfg)
     for image_id in chosen:
         rank = ranking_ids.index(image_id) + 1
         calls0 = ctx.mllm.stats.total_calls
@@ -239,14 +236,13 @@ def _check_with_questionnaire(state: THIState, ctx: THIContext, pending: dict) -
             pending["notes"].append(f"questions about {image_id} skipped ({e.kind}: {e})")
             continue
         checked[image_id] = {a.slot: [a.value, round(float(a.confidence), 4)] for a in answers}
-        a = agreement(checked[image_id], known, cfg.agreement_prior, cfg.agreement_floor, weights)
+        a = _agreement(cfg, checked[image_id], known)
         differ = ", ".join(f"{slot} ({checked[image_id][slot][0]}, not {known[slot]})" for slot in a.differ)
         pending["inspected"].append({
             "id": image_id, "rank": rank, "match": a.match, "confidence": round(a.confidence, 4),
             "reason": f"agrees on {len(a.agree)} of {len(a.agree) + len(a.differ)} facts it can tell"
                       + (f"; differs on {differ}" if differ else ""), "cached": ctx.mllm.stats.total_calls == calls0})
-    fits = {i: agreement(ans, known, cfg.agreement_prior, cfg.agreement_floor, weights).score
-            for i, ans in checked.items()}
+    fits = {i: _agreement(cfg, ans, known).score for i, ans in checked.items()}
     best = max(fits, key=fits.get, default=None)
     return checked, (best if best is not None and fits[best] > 0 else None)
 
@@ -344,10 +340,16 @@ def _choose_questions(state: THIState, ctx: THIContext) -> list[str]:
         per_round = cfg.anchor_questions
     else:
         per_round = cfg.questions_per_round
-    known = {**state["stated"], **state["facts"]}
+    known = _known(state)
     top_ids = [c["id"] for c in state["ranking"][: cfg.k]]
-    questioner = AdaptiveQuestioner(lambda slots: ctx.index.disagreement(top_ids, list(slots)), per_round,
-                                    include_context=ctx.user is not None and cfg.ask_context)
+    checked = state.get("checked") or {}
+    top_answers = [checked[i] for i in top_ids if i in checked]
+    if cfg.questions_from == "answers" and len(top_answers) >= 2:
+        # the top candidates have answered the questionnaire: ask where their answers differ
+        disagreement = lambda slots: answer_disagreement(top_answers, list(slots))  # noqa: E731
+    else:
+        disagreement = lambda slots: ctx.index.disagreement(top_ids, list(slots))  # noqa: E731
+    questioner = AdaptiveQuestioner(disagreement, per_round, include_context=ctx.user is not None and cfg.ask_context)
     return with_items(questioner.choose(known, state["asked"]))
 
 

@@ -1,3 +1,5 @@
+import pytest
+
 from agents.questioner import CONTEXT_ORDER, FALLBACK_ORDER, AdaptiveQuestioner, with_items
 
 
@@ -22,3 +24,16 @@ def test_photo_context_only_for_someone_who_knows_the_target_photo():
 
 def test_colour_questions_come_with_their_item():
     assert with_items(["hat_color", "gender"]) == ["gender", "hat", "hat_color"]
+
+
+def test_answer_disagreement_is_the_entropy_of_what_the_candidates_say():
+    import math
+
+    from agents.questioner import answer_disagreement
+
+    answers = [{"hat": ["cap", 0.9], "bag": ["none", 0.8]}, {"hat": ["none", 0.9], "bag": ["none", 0.7]},
+               {"hat": [None, 0.2]}, {"hat": ["cap", 0.6]}]
+    d = answer_disagreement(answers, ["hat", "bag", "gender"])
+    # hat: cap, none, cap among the 3 of 4 that can tell; bag: all say none; gender: nobody asked
+    expected = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)) * 3 / 4
+    assert d["hat"] == pytest.approx(expected) and d["bag"] == 0.0 and d["gender"] == 0.0

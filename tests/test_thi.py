@@ -300,9 +300,10 @@ def _user_setup(setup, fail_others=False):
     target = ranked[3]  # not where the query alone puts it
     others = {**ALL_ANSWERS, "upper_color": "red", "hat": "none"}
     mllm = PerPhotoMLLM(target, ALL_ANSWERS, others, fail_others)
+    user = SimulatedUser(PerPhotoMLLM(target, ALL_ANSWERS, others), idx.image(target))  # its own record of asks
     cfg = THIConfig(policy="adaptive", rounds=2, questions_per_round=30, user_verify_per_round=5,
                     user_verify_window=5, user_verify_budget=10)
-    return THIContext(idx, mllm, cfg, user=SimulatedUser(mllm, idx.image(target))), target
+    return THIContext(idx, mllm, cfg, user=user), target
 
 
 def test_with_a_user_candidates_answer_the_questionnaire_once_and_the_one_that_fits_rises(setup):
@@ -311,9 +312,11 @@ def test_with_a_user_candidates_answer_the_questionnaire_once_and_the_one_that_f
 
     ctx, target = _user_setup(setup)
     state = run("a person", ctx)
-    candidates = [(i, slots) for i, slots in ctx.mllm.asked if slots == tuple(SLOT_NAMES)]
-    assert {i for i, _ in candidates} == set(state["checked"])
-    assert len(candidates) == len(set(candidates)) == 10  # each checked once, within the budget
+    assert all(slots == tuple(SLOT_NAMES) for _, slots in ctx.mllm.asked)  # the whole questionnaire
+    candidates = [i for i, _ in ctx.mllm.asked]
+    assert set(candidates) == set(state["checked"])
+    assert len(candidates) == len(set(candidates)) <= 10  # each checked once, within the budget
+    assert len(state["rounds"][0]["inspected"]) == 5 and len(state["rounds"][1]["inspected"]) >= 1
     assert state["ranking"][0]["id"] == target and state["anchor"] == target
     # the trace judges each check by what was known when it ran: nothing in round 1 ("a person")
     first, second = state["rounds"][0]["inspected"], state["rounds"][1]["inspected"]
@@ -327,6 +330,20 @@ def test_with_a_user_candidates_answer_the_questionnaire_once_and_the_one_that_f
     assert moved[ctx.index.position[target]] == pytest.approx(ctx.config.agreement_weight * fit)
     others = [moved[ctx.index.position[i]] for i in state["checked"] if i != target]
     assert fit > 0 and max(others) < moved[ctx.index.position[target]]
+
+
+def test_with_a_user_the_questions_are_where_the_candidates_answers_differ(setup):
+    from dataclasses import replace
+
+    ctx, target = _user_setup(setup)
+    ctx.config = replace(ctx.config, questions_per_round=5)
+    state = run("a person", ctx)
+    # the checked top candidates differ only on the upper colour and the hat (the colour question
+    # comes with its garment); all else they agree on
+    asked = {"upper_type", "upper_color", "hat"}
+    assert set(state["rounds"][0]["questions"]) == asked
+    ctx.config = replace(ctx.config, questions_from="probe")
+    assert set(run("a person", ctx)["rounds"][0]["questions"]) != asked
 
 
 def test_with_a_user_a_candidate_that_cannot_answer_is_skipped_and_traced(setup):
