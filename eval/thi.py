@@ -227,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lam", type=float, default=d.lam)
     p.add_argument("--anchor-depth", type=int, default=d.anchor_depth,
                    help="adaptive: how deep the anchor search may verify (default %(default)s)")
+    p.add_argument("--config", metavar="JSON", default="{}",
+                   help='more THIConfig fields as a JSON object, e.g. \'{"questions_from": "probe"}\' (they '
+                        "override the flags above)")
     p.add_argument("--flip", type=float, default=0.0, help="flip this share of verification answers (study)")
     p.add_argument("--limit", type=int, help="evaluate a fixed random sample of this many queries")
     p.add_argument("--seed", type=int, default=0)
@@ -243,12 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s: %(message)s")
     policies = [x.strip() for x in args.policy.split(",") if x.strip()]
     try:
+        extra = json.loads(args.config)
+        if not isinstance(extra, dict):
+            raise ValueError("--config must be a JSON object of THIConfig fields")
+        cfgs = [THIConfig(**{"policy": policy, "rounds": args.rounds, "k": args.k, "xi": args.xi, "lam": args.lam,
+                             "anchor_depth": args.anchor_depth, **extra}) for policy in policies]
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        print(f"error: bad --config: {e}", file=sys.stderr)
+        return 2
+    try:
         embedder = Embedder(args.model, args.pretrained, device=args.device)
         root = Path(args.dir)
         reports = []
-        for policy in policies:
-            cfg = THIConfig(policy=policy, rounds=args.rounds, k=args.k, xi=args.xi, lam=args.lam,
-                            anchor_depth=args.anchor_depth)
+        for cfg in cfgs:
             mllm = _mllm(args.mllm, root, args.device, args.flip)
             user_mllm = _mllm(args.user_mllm, root, args.device) if args.user_mllm else None
             reports.append(run_thi_benchmark(root, cfg, mllm, embedder, args.split, args.format, args.user, user_mllm,

@@ -59,8 +59,18 @@ def test_thi_benchmark_keys_rounds_and_plot(small_world, model, tmp_path):
     assert png.stat().st_size > 1000
     # a simulated user answering about the target
     rc = thi_main([str(small_world), "--model", model, "--mllm", "oracle", "--user", "simulated", "--limit", "6",
-                   "--data-dir", str(tmp_path / "db"), "--json", str(out), "--quiet"])
-    assert rc == 0 and json.loads(out.read_text())["user"].startswith("simulated")
+                   "--data-dir", str(tmp_path / "db"), "--json", str(out), "--quiet",
+                   "--config", '{"questions_from": "probe", "user_verify_budget": 4}'])
+    report = json.loads(out.read_text())
+    assert rc == 0 and report["user"].startswith("simulated")
+    assert report["config"]["questions_from"] == "probe" and report["config"]["user_verify_budget"] == 4
+
+
+def test_thi_benchmark_refuses_a_bad_config(small_world, capsys):
+    assert thi_main([str(small_world), "--config", '{"no_such_knob": 1}']) == 2
+    assert "bad --config" in capsys.readouterr().err
+    assert thi_main([str(small_world), "--config", '{"user_check": "maybe"}']) == 2
+    assert "user_check" in capsys.readouterr().err
 
 
 def test_noisy_verifier_flips_answers(small_world):
