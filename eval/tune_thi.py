@@ -2,8 +2,8 @@
 
 Each setting is a JSON object of ``THIConfig`` fields, plus ``"user": "simulated"`` for the
 simulated-user mode (and ``"user_mllm": "oracle"`` for a simulated user answering from the
-annotations instead of the offline MLLM's eyes); one JSON line is printed per setting (baseline, final, calls, overhead).
-This is how the defaults in ``graphs/config.py`` were chosen.
+annotations instead of the offline MLLM's eyes); one JSON line is printed per setting (baseline,
+final, calls, overhead). This is how the defaults in ``graphs/config.py`` were chosen.
 
     python -m eval.tune_thi synthpedes --limit 800 '{"anchor_image_weight": 0.1}' '{"policy": "paper", "xi": 0.8}'
 """
@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from tools.embedder import DEFAULT_MODEL, Embedder
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from graphs.config import THIConfig
     from tools.mllm import make_mllm
 
-    from .thi import run_thi_benchmark
+    from .thi import _mllm, run_thi_benchmark
 
     try:
         settings = [json.loads(s) for s in args.settings]
@@ -46,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     for user, user_mllm, cfg, shown in configs:
         # a fresh backend per setting: cached answers from the previous setting would not count as calls
         mllm = make_mllm("offline")
-        answerer = make_mllm(user_mllm, **({"synthpedes_dir": args.dir} if user_mllm == "oracle" else {})) \
-            if user_mllm else None
+        answerer = _mllm(user_mllm, Path(args.dir), None) if user_mllm else None
         r = run_thi_benchmark(args.dir, cfg, mllm, embedder, split=args.split, user=user, user_mllm=answerer,
                               limit=args.limit, seed=args.seed, progress=False)
         print(json.dumps({"setting": shown, "user": r["user"], "baseline": r["baseline"], "final": r["final"],

@@ -91,3 +91,16 @@ def test_tuning_refuses_the_test_split_and_bad_settings(small_world, capsys):
     assert "validation split" in capsys.readouterr().err
     assert tune_main([str(small_world), '{"no_such_knob": 1}']) == 2
     assert "bad setting" in capsys.readouterr().err
+
+
+def test_tuning_with_a_simulated_user_answering_from_the_annotations(small_world, model, capsys, tmp_path,
+                                                                      monkeypatch):
+    from eval.tune_thi import main as tune_main
+
+    monkeypatch.setenv("THI_HOME", str(tmp_path))  # its gallery index goes here, not under the user's home
+
+    assert tune_main([str(small_world), "--model", model, "--limit", "3",
+                      '{"user": "simulated", "user_mllm": "oracle", "user_verify_budget": 4}']) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["user"].startswith("simulated (oracle") and line["setting"] == {"user_verify_budget": 4}
+    assert line["mllm_calls"]["max"] >= 1
