@@ -86,11 +86,20 @@ def _mllm_options(args: argparse.Namespace, gallery_folder: Path) -> dict:
     return {"device": args.device}
 
 
+#: checks printed per round; the rest are summed up in one line (--json and --trace hold them all)
+SHOWN_CHECKS = 10  # by default the no-user search verifies at most 10 a round: all shown
+
+
 def _print_round(r: dict) -> None:
     print(f"\n-- round {r['round']} --")
-    for i in r["inspected"]:
+    # with a user many candidates are checked per round: show the best-ranked few
+    by_rank = sorted(r["inspected"], key=lambda i: i["rank"])
+    shown, rest = by_rank[:SHOWN_CHECKS], by_rank[SHOWN_CHECKS:]
+    for i in shown:
         verdict = "yes" if i["match"] else "no" if i["match"] is not None else "skipped"
         print(f"  verify #{i['rank']} {i['id']}: {verdict} ({i['confidence']:.2f}) {i['reason']}")
+    if rest:
+        print(f"  ... {len(rest)} more checked, {sum(bool(i['match']) for i in rest)} of them fit (see --json or --trace)")
     print(f"  anchor: {r['anchor'] or '-'}")
     for a in r["answers"]:
         print(f"  Q: {a['question']}  A: {a['value'] if a['value'] is not None else 'cannot tell'}  [{a['source']}]")

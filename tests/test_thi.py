@@ -448,3 +448,18 @@ def test_cli_json_trace_report_and_errors(setup, tmp_path, capsys):
     other = ["--gallery", str(setup["world"]), "--split", "train", "--model", setup["model"], "--data-dir", str(setup["db"])]
     assert thi_main(["--query", QUERY] + other) == 1
     assert "index" in capsys.readouterr().err
+
+
+def test_cli_prints_the_best_ranked_checks_and_sums_up_the_rest(capsys):
+    from graphs.cli import SHOWN_CHECKS, _print_round
+
+    n = SHOWN_CHECKS + 3
+    inspected = [{"id": f"p{r}", "rank": r, "match": r % 2 == 0, "confidence": 0.9, "reason": "r", "cached": False}
+                 for r in range(n, 0, -1)]
+    _print_round({"round": 1, "inspected": inspected, "anchor": None, "answers": [], "rewritten_query": None,
+                  "topk": [], "notes": []})
+    lines = capsys.readouterr().out.splitlines()
+    shown = [x for x in lines if x.strip().startswith("verify #")]
+    assert [x.split()[1] for x in shown] == [f"#{r}" for r in range(1, SHOWN_CHECKS + 1)]
+    fit = sum(r % 2 == 0 for r in range(SHOWN_CHECKS + 1, n + 1))
+    assert any(f"3 more checked, {fit} of them fit" in x for x in lines)
