@@ -60,7 +60,7 @@ def answer_disagreement(answers: Sequence[Mapping[str, Sequence]], slots: Sequen
     out = {}
     for slot in slots:
         values = [a[slot][0] for a in answers if a.get(slot) and a[slot][0] is not None]
-        if not values or not answers:
+        if not values:
             out[slot] = 0.0
             continue
         counts = np.unique(np.asarray(values, dtype=object).astype(str), return_counts=True)[1]

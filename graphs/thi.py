@@ -199,8 +199,13 @@ def _verify(ctx: THIContext, image_id: str, rank: int, text: str) -> Inspection:
         return {"id": image_id, "rank": rank, "match": bool(v.match), "confidence": round(float(v.confidence), 4),
                 "reason": v.reason, "cached": bool(v.cached)}
     except MLLMError as e:
-        return {"id": image_id, "rank": rank, "match": None, "confidence": 0.0,
-                "reason": f"skipped: {e.kind}: {e}", "cached": False}
+        return _skipped(image_id, rank, e)
+
+
+def _skipped(image_id: str, rank: int, error: MLLMError) -> Inspection:
+    """The trace's record of a candidate the MLLM could not judge (no verdict, no move)."""
+    return {"id": image_id, "rank": rank, "match": None, "confidence": 0.0,
+            "reason": f"skipped: {error.kind}: {error}", "cached": False}
 
 
 def _person_description(state: THIState) -> str | None:
@@ -231,8 +236,7 @@ def _check_with_questionnaire(state: THIState, ctx: THIContext, pending: dict) -
         try:
             answers = ctx.mllm.ask(ctx.index.image(image_id), SLOT_NAMES)
         except MLLMError as e:
-            pending["inspected"].append({"id": image_id, "rank": rank, "match": None, "confidence": 0.0,
-                                         "reason": f"skipped: {e.kind}: {e}", "cached": False})
+            pending["inspected"].append(_skipped(image_id, rank, e))
             pending["notes"].append(f"questions about {image_id} skipped ({e.kind}: {e})")
             continue
         checked[image_id] = {a.slot: [a.value, round(float(a.confidence), 4)] for a in answers}
