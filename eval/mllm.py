@@ -110,7 +110,8 @@ def fit_verifier(mllm, pairs: list[tuple[str, ImageRef, bool]], l2: float = 1e-3
                  eps: float = LOG_EPS) -> dict:
     """Fit the offline verifier: logistic regression of match/no-match on
     ``tools.mllm.offline.verifier_features`` of the per-attribute contradiction probabilities
-    (non-negative weights, balanced classes), then the threshold with the best balanced accuracy."""
+    (non-negative weights on the contradictions, either sign on which slots are stated; balanced
+    classes), then the threshold with the best balanced accuracy."""
     from tools.mllm.parser import parse
 
     probs = mllm.probabilities([image for _, image, _ in pairs])
@@ -118,7 +119,9 @@ def fit_verifier(mllm, pairs: list[tuple[str, ImageRef, bool]], l2: float = 1e-3
                   for (text, _, _), p in zip(pairs, probs)])
     y = np.asarray([positive for _, _, positive in pairs], dtype=float)
     sample_w = np.where(y == 1, 0.5 / max(1, y.sum()), 0.5 / max(1, (1 - y).sum()))
-    w = np.full(x.shape[1], 1.0)
+    n = len(SLOT_NAMES)
+    evidence = 2 * n + 1  # contradiction features: their weights stay >= 0; the stated-slot ones may take either sign
+    w = np.concatenate([np.full(evidence, 1.0), np.zeros(x.shape[1] - evidence)])
     b = 3.0
     lr = 2.0
     for _ in range(steps):
@@ -127,7 +130,7 @@ def fit_verifier(mllm, pairs: list[tuple[str, ImageRef, bool]], l2: float = 1e-3
         g = (p - y) * sample_w  # d loss / d logit
         b -= lr * g.sum()
         w -= lr * (-(x.T @ g) + l2 * w)
-        w = np.maximum(w, 0.0)
+        w[:evidence] = np.maximum(w[:evidence], 0.0)
     logit = b - x @ w
     p = 1 / (1 + np.exp(-np.clip(logit, -50, 50)))
     best = (0.5, 0.0)
@@ -135,10 +138,10 @@ def fit_verifier(mllm, pairs: list[tuple[str, ImageRef, bool]], l2: float = 1e-3
         acc = ((p[y == 1] >= t).mean() + (p[y == 0] < t).mean()) / 2
         if acc > best[1]:
             best = (float(round(t, 3)), float(acc))
-    n = len(SLOT_NAMES)
     return {"bias": round(float(b), 4), "weights": {s: round(float(v), 4) for s, v in zip(SLOT_NAMES, w[:n])},
             "log_weights": {s: round(float(v), 4) for s, v in zip(SLOT_NAMES, w[n:2 * n])},
-            "max_weight": round(float(w[-1]), 4), "eps": eps,
+            "max_weight": round(float(w[2 * n]), 4),
+            "stated_weights": {s: round(float(v), 4) for s, v in zip(SLOT_NAMES, w[2 * n + 1:])}, "eps": eps,
             "threshold": best[0], "fit_balanced_accuracy": round(best[1], 4), "pairs": len(pairs)}
 
 

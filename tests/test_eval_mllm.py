@@ -89,6 +89,31 @@ def test_fit_verifier_trusts_the_slot_that_separates_and_ignores_noise():
     assert all(w >= 0 for w in [*fit["weights"].values(), *fit["log_weights"].values(), fit["max_weight"]])
 
 
+def test_fit_verifier_is_lenient_with_long_descriptions_where_misreadings_pile_up():
+    from tools.attributes import SLOT_NAMES
+
+    rng = np.random.default_rng(0)
+    extra = [s for s in SLOT_NAMES if s not in ("upper_color", "gender")][:10]
+    pairs, features = [], {}
+    for n in range(800):
+        positive, long = n % 2 == 0, n % 4 >= 2
+        # a long description states ten more slots, and its own photo gets one of them misread at
+        # about 0.7; the other identity's photo contradicts it at about 0.95. A short description's
+        # own photo contradicts nothing and the other identity's photo about 0.7.
+        c = {"upper_color": 0.0, "gender": 0.0} | ({s: 0.0 for s in extra} if long else {})
+        if long:
+            c["gender"] = float(rng.uniform(0.6, 0.8) if positive else rng.uniform(0.9, 0.99))
+        elif not positive:
+            c["upper_color"] = float(rng.uniform(0.6, 0.8))
+        features[str(n)] = c
+        pairs.append(("a person", ImageRef(str(n), "unused.jpg"), positive))
+    fit = fit_verifier(FeatureVerifier(features), pairs, steps=8000)
+    # no threshold on the contradictions alone separates these; one that moves with what is stated does
+    assert fit["fit_balanced_accuracy"] >= 0.99
+    assert sum(fit["stated_weights"][s] for s in extra) < 0  # stating more makes it more lenient
+    assert all(w >= 0 for w in [*fit["weights"].values(), *fit["log_weights"].values(), fit["max_weight"]])
+
+
 def test_cli_reports_and_rejects_bad_input(small_world, embedder, tmp_path, capsys):
     out = tmp_path / "m.json"
     model = embedder.name if embedder.name.startswith("local-dir:") else None
@@ -139,6 +164,18 @@ def test_log_evidence_lets_a_near_certain_contradiction_reject():
     assert new.match_probability(sure, stated) < 0.6
     assert new.match_probability(unsure, stated) > 0.6  # a doubtful one still passes
     assert new.match_probability(probs_with_upper_type(0.0), stated) == pytest.approx(1 / (1 + np.exp(-2.0)))
+
+
+def test_stated_slot_weights_move_the_threshold_and_old_files_have_none():
+    stated = {"upper_type": "t-shirt"}
+    unsure = probs_with_upper_type(0.6)
+    before = {"bias": 2.0, "weights": {"upper_type": 0.8}, "log_weights": {"upper_type": 0.5}, "threshold": 0.6}
+    lenient = {**before, "stated_weights": {"upper_type": -1.0}}
+    p_before = offline_with(before).match_probability(unsure, stated)
+    p_lenient = offline_with(lenient).match_probability(unsure, stated)
+    assert np.log(p_lenient / (1 - p_lenient)) - np.log(p_before / (1 - p_before)) == pytest.approx(1.0)
+    # a slot not stated adds nothing
+    assert offline_with(lenient).match_probability(unsure, {}) == offline_with(before).match_probability(unsure, {})
 
 
 def test_offline_fingerprint_follows_weights_and_settings(tmp_path):

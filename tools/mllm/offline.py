@@ -30,12 +30,14 @@ LOG_EPS = 0.003
 
 def verifier_features(contradictions: dict[str, float], eps: float = LOG_EPS) -> np.ndarray:
     """The verifier's inputs: per slot ``c`` (0 when not stated), per slot ``-log(1 - c + eps)``
-    and ``-log(1 - max c + eps)``, both shifted so that no contradiction gives 0."""
+    and ``-log(1 - max c + eps)``, both shifted so that no contradiction gives 0, and per slot
+    whether the description states it (1 or 0)."""
     c = np.asarray([contradictions.get(s, 0.0) for s in SLOT_NAMES], dtype=float)
     floor = -np.log1p(eps)
     logs = -np.log(1.0 - c + eps) - floor
     worst = -np.log(1.0 - c.max(initial=0.0) + eps) - floor
-    return np.concatenate([c, logs, [worst]])
+    stated = np.asarray([s in contradictions for s in SLOT_NAMES], dtype=float)
+    return np.concatenate([c, logs, [worst], stated])
 
 
 class OfflineMLLM(MLLM):
@@ -50,7 +52,10 @@ class OfflineMLLM(MLLM):
     recogniser's weights. Each slot enters twice, as the contradiction ``c`` and as
     ``-log(1 - c + eps)``, and the largest contradiction once more in log form: a near-certain
     contradiction on a slot the recogniser is only fairly good at should still reject, which one
-    linear weight per slot cannot express.
+    linear weight per slot cannot express. Each stated slot also moves the threshold (a weight of
+    either sign): a description that states twenty things gives the recogniser twenty chances to
+    misread one, so the same contradiction is weaker evidence in a long description than in a
+    short one.
     """
 
     name = "offline"
@@ -73,6 +78,8 @@ class OfflineMLLM(MLLM):
         # weight files fitted before the log features existed have none: their terms are zero
         self.log_weights = {s: float(verifier.get("log_weights", {}).get(s, 0.0)) for s in SLOTS}
         self.max_weight = float(verifier.get("max_weight", 0.0))
+        # and none for stated slots: theirs are zero too
+        self.stated_weights = {s: float(verifier.get("stated_weights", {}).get(s, 0.0)) for s in SLOTS}
         self.eps = float(verifier.get("eps", LOG_EPS))
         self.threshold = float(verifier.get("threshold", 0.5))
         self._fingerprint: str | None = None  # the settings are part of it
@@ -117,7 +124,7 @@ class OfflineMLLM(MLLM):
     def weight_vector(self) -> np.ndarray:
         """The weights in :func:`verifier_features` order."""
         return np.asarray([self.slot_weights[s] for s in SLOT_NAMES] + [self.log_weights[s] for s in SLOT_NAMES]
-                          + [self.max_weight])
+                          + [self.max_weight] + [self.stated_weights[s] for s in SLOT_NAMES])
 
     def match_probability(self, probs: dict[str, dict[str, float]], constraints: dict[str, str]) -> float:
         x = verifier_features(self.contradictions(probs, constraints), self.eps)
