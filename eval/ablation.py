@@ -1,10 +1,10 @@
 """python -m eval.ablation DIR: the headline table: base / +RDA / +THI / +RDA+THI.
 
-Both models start from the shipped model and are trained for the same few more epochs on the
-default train split, one on the original captions (``base``) and one with RDA (``rda``), so the
-two rows differ only in RDA and cost the same compute. (Training the RDA model from scratch with
-the shipped recipe takes about 60 minutes on 2 cores, longer than this project's sessions
-allowed; ``--from-scratch`` does that.) Then it runs plain retrieval and THI (adaptive policy,
+Two designs, the two rows of each differing only in RDA. ``--from-scratch`` (the README's headline
+table): both models are trained from random weights with the shipped recipe, one on the original
+captions (``base``; that is the shipped model itself) and one with RDA (``rda``), about an hour each
+on 2 cores. Without it, a short continuation: both start from the shipped model and train the same
+few more epochs (about 20 minutes in all). Then it runs plain retrieval and THI (adaptive policy,
 offline MLLM, no user) with both on the SynthPedes test split, and writes
 ``eval/results/ablation.json``: keys ``base``, ``rda``, ``thi``, ``rda+thi`` (R1, R5, R10, mAP,
 mINP), ``ceiling`` (the caption-only ceiling), ``shipped`` (the shipped model's own row) and the
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rda-model", default="local-dir:runs/synthpedes-small-cont-rda",
                    help="the model trained with RDA (default: %(default)s)")
     p.add_argument("--train", action="store_true",
-                   help="run RDA and train both models first (about 20 minutes on 2 cores)")
+                   help="run RDA and train both models first (about 20 minutes on 2 cores; 2 hours --from-scratch)")
     p.add_argument("--from-scratch", action="store_true",
                    help="with --train: train both from random weights with the shipped recipe (2 x about 55 minutes)")
     p.add_argument("--restart", action="store_true",
