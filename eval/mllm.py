@@ -29,7 +29,7 @@ from tools.attributes import SLOT_NAMES
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
 from tools.mllm import MLLM, MLLMError, make_mllm
 from tools.mllm.base import ImageRef
-from tools.mllm.offline import LOG_EPS, verifier_features
+from tools.mllm.offline import CONTRADICTION_FEATURES, LOG_EPS, verifier_features, verifier_weights
 
 from .benchmark import sample_indices, split_queries
 
@@ -119,8 +119,7 @@ def fit_verifier(mllm, pairs: list[tuple[str, ImageRef, bool]], l2: float = 1e-3
                   for (text, _, _), p in zip(pairs, probs)])
     y = np.asarray([positive for _, _, positive in pairs], dtype=float)
     sample_w = np.where(y == 1, 0.5 / max(1, y.sum()), 0.5 / max(1, (1 - y).sum()))
-    n = len(SLOT_NAMES)
-    evidence = 2 * n + 1  # contradiction features: their weights stay >= 0; the stated-slot ones may take either sign
+    evidence = CONTRADICTION_FEATURES  # their weights stay >= 0; the stated-slot ones may take either sign
     w = np.concatenate([np.full(evidence, 1.0), np.zeros(x.shape[1] - evidence)])
     b = 3.0
     lr = 2.0
@@ -138,10 +137,7 @@ def fit_verifier(mllm, pairs: list[tuple[str, ImageRef, bool]], l2: float = 1e-3
         acc = ((p[y == 1] >= t).mean() + (p[y == 0] < t).mean()) / 2
         if acc > best[1]:
             best = (float(round(t, 3)), float(acc))
-    return {"bias": round(float(b), 4), "weights": {s: round(float(v), 4) for s, v in zip(SLOT_NAMES, w[:n])},
-            "log_weights": {s: round(float(v), 4) for s, v in zip(SLOT_NAMES, w[n:2 * n])},
-            "max_weight": round(float(w[2 * n]), 4),
-            "stated_weights": {s: round(float(v), 4) for s, v in zip(SLOT_NAMES, w[2 * n + 1:])}, "eps": eps,
+    return {"bias": round(float(b), 4), **verifier_weights(w), "eps": eps,
             "threshold": best[0], "fit_balanced_accuracy": round(best[1], 4), "pairs": len(pairs)}
 
 

@@ -40,6 +40,20 @@ def verifier_features(contradictions: dict[str, float], eps: float = LOG_EPS) ->
     return np.concatenate([c, logs, [worst], stated])
 
 
+#: the leading :func:`verifier_features` that measure contradiction (their weights are >= 0); the
+#: rest say which slots are stated
+CONTRADICTION_FEATURES = 2 * len(SLOT_NAMES) + 1
+
+
+def verifier_weights(vector: Sequence[float], digits: int = 4) -> dict:
+    """The verifier settings' weight sections for a vector in :func:`verifier_features` order (the
+    inverse of :attr:`OfflineMLLM.weight_vector`), rounded as stored."""
+    n = len(SLOT_NAMES)
+    per_slot = lambda part: {s: round(float(v), digits) for s, v in zip(SLOT_NAMES, part)}  # noqa: E731
+    return {"weights": per_slot(vector[:n]), "log_weights": per_slot(vector[n:2 * n]),
+            "max_weight": round(float(vector[2 * n]), digits), "stated_weights": per_slot(vector[2 * n + 1:])}
+
+
 class OfflineMLLM(MLLM):
     """Recogniser + parser + grammar merge behind the MLLM interface.
 
