@@ -185,3 +185,54 @@ def test_a_run_saved_before_a_setting_existed_still_resumes():
     assert loop._same_run(older, identity)
     changed = {"dataset": "d", "config": {**loop.asdict(CFG), "text_pretrain_epochs": 2}}
     assert not loop._same_run(changed, identity)
+
+
+def test_extra_worlds_join_training_with_their_people_kept_apart(small_world, tmp_path):
+    from data.readers import read_dataset
+    from train.loop import extra_train_records
+
+    worlds = [tmp_path / "w1", tmp_path / "w2"]
+    for seed, w in zip((98, 99), worlds):
+        generate(w, WorldConfig(seed=seed, train_ids=5, val_ids=2, test_ids=0), workers=1, progress=False)
+    main = read_dataset(small_world, "auto")
+    first = max(r.pid for r in main.records) + 1
+    extra = extra_train_records([str(w) for w in worlds], "train", small_world, first)
+    per_world = [read_dataset(w, "auto").split("train") for w in worlds]
+    assert len(extra) == sum(len(r) for r in per_world)
+    # the same person in a world stays one person; no person is shared with the main set or between worlds
+    assert len({r.pid for r in extra}) == sum(len({r.pid for r in recs}) for recs in per_world)
+    assert min(r.pid for r in extra) >= first
+    moved = extra[:len(per_world[0])]
+    assert [r.image_path for r in moved] == [r.image_path for r in per_world[0]]
+    assert len({(a.pid - b.pid) for a, b in zip(moved, per_world[0])}) == 1
+    assert all(r.split == "train" for r in extra)
+    with pytest.raises(TrainingError, match="must not be the dataset"):
+        extra_train_records([str(small_world)], "train", small_world, first)
+    with pytest.raises(TrainingError, match="extra world"):
+        extra_train_records([str(tmp_path / "missing")], "train", small_world, first)
+    # WORLD=FILE reads that world's records from another annotation file (e.g. its RDA output)
+    raw = json.loads((worlds[0] / "reid_raw.json").read_text())
+    raw[0]["captions"] = ["a marker caption only the other file has"]
+    (tmp_path / "other.json").write_text(json.dumps(raw))
+    swapped = extra_train_records([f"{worlds[0]}={tmp_path / 'other.json'}"], "train", small_world, first)
+    assert any("a marker caption only the other file has" in r.captions for r in swapped)
+    assert not any("a marker caption only the other file has" in r.captions for r in extra)
+    with pytest.raises(TrainingError, match="extra world"):
+        extra_train_records([f"{worlds[0]}={tmp_path / 'missing.json'}"], "train", small_world, first)
+
+
+def test_fit_trains_on_the_extra_worlds_too(small_world, model, tmp_path, capsys):
+    from train.__main__ import main
+
+    other = tmp_path / "other"
+    generate(other, WorldConfig(seed=97, train_ids=6, val_ids=0, test_ids=0), workers=1, progress=False)
+    alone = fit(small_world, tmp_path / "alone", TrainConfig(epochs=1, batch_size=8, workers=1), model=model,
+                scratch=True, progress=False)
+    both = fit(small_world, tmp_path / "both", TrainConfig(epochs=1, batch_size=8, workers=1, extra_world=str(other)),
+               model=model, scratch=True, progress=False)
+    added = len(json.loads((other / "reid_raw.json").read_text()))
+    assert both["train_images"] == alone["train_images"] + added
+    assert both["train_ids"] == alone["train_ids"] + 6
+    assert main([str(small_world), "--out", str(tmp_path / "o"), "--extra-world", str(small_world)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "extra world" in err[0]

@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-pretrain-epochs", type=int, default=d.text_pretrain_epochs,
                    help="with --pretrain-world: then pre-train the text tower to read what those worlds' captions "
                         "state (default %(default)s: no)")
+    p.add_argument("--extra-world", metavar="DIR[=ANNOTATIONS]", action="append",
+                   help="another dataset folder (e.g. a SynthPedes world with another seed) whose train split joins "
+                        "contrastive training, its people kept apart from the main dataset's; =FILE reads that "
+                        "annotation file instead (e.g. the world's RDA output); repeat for several")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if args.pretrain_world and len(args.pretrain_world) == 1:
         args.pretrain_world = args.pretrain_world[0]  # one world: the same run identity as before lists existed
+    if args.extra_world and len(args.extra_world) == 1:
+        args.extra_world = args.extra_world[0]
     names = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     if args.text_pretrain_epochs and not args.pretrain_world:

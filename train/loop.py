@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from data.readers import read_dataset
+from data.readers import DatasetError, Record, read_dataset
 from tools.embedder import EmbedderError, load_clip, pick_device, shipped_models, encode_text
 
 from .losses import AttributeHeads, IdentityHead, identity_itc, negatives_itc, sdm
@@ -66,6 +66,9 @@ class TrainConfig:
     pretrain_epochs: int = 6
     #: epochs of text-tower pre-training on the same worlds' captions (what each states); 0 = none
     text_pretrain_epochs: int = 0
+    #: more dataset folders (e.g. other SynthPedes worlds) whose train split joins contrastive training;
+    #: their people are kept apart from the main dataset's (and each other's) even where ids coincide
+    extra_world: str | list[str] | None = None
     seed: int = 0
     precision: str = "auto"  # auto (bf16 where the CPU/GPU has it), bf16, fp32
     val_split: str = "val"
@@ -169,6 +172,37 @@ def _same_run(saved: dict | None, identity: dict) -> bool:
     return learned(saved) == learned(identity)
 
 
+def _extra_world_spec(spec: str) -> tuple[str, str | None]:
+    """``DIR`` or ``DIR=ANNOTATIONS`` (e.g. an RDA output for that world) -> (DIR, ANNOTATIONS)."""
+    world, sep, annotations = spec.partition("=")
+    return world, (annotations if sep else None)
+
+
+def extra_train_records(worlds: str | list[str] | None, split: str, dataset_dir: str | Path,
+                        first_pid: int) -> list[Record]:
+    """The ``split`` records of each extra world (``DIR`` or ``DIR=ANNOTATIONS``), with person ids
+    moved past ``first_pid`` (and past each earlier world's) so that no two worlds share a person."""
+    if not worlds:
+        return []
+    out: list[Record] = []
+    next_pid = first_pid
+    for spec in [worlds] if isinstance(worlds, str) else worlds:
+        world, annotations = _extra_world_spec(spec)
+        if Path(world).resolve() == Path(dataset_dir).resolve():
+            raise TrainingError(f"{world}: an extra world must not be the dataset being trained on")
+        try:
+            records = read_dataset(world, "auto", annotation_file=annotations).split(split)
+        except DatasetError as e:
+            raise TrainingError(f"extra world: {e}") from None
+        if not records:
+            raise TrainingError(f"{world}: no records in split {split!r} to add to training")
+        base = next_pid - min(r.pid for r in records)
+        out.extend(replace(r, pid=r.pid + base) for r in records)
+        next_pid = max(r.pid for r in out) + 1
+        log.info("extra world %s: %d images", spec, len(records))
+    return out
+
+
 def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig(), model: str = "synthpedes-small",
         init: str | None = None, scratch: bool = False, format: str = "auto", device: str | None = None,
         annotation_file: str | Path | None = None, progress: bool = True, restart: bool = False) -> dict:
@@ -181,6 +215,8 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
     if not train_records:
         raise TrainingError(f"{dataset_dir}: no records in split {cfg.train_split!r} (splits: {', '.join(dataset.splits)})")
     val_records = dataset.split(cfg.val_split)
+    train_records = list(train_records) + extra_train_records(
+        cfg.extra_world, cfg.train_split, dataset_dir, max(r.pid for r in dataset.records) + 1)
 
     run_identity = {"dataset": str(Path(dataset_dir).resolve()), "format": dataset.format, "model": model,
                     "init": init, "scratch": scratch, "annotation_file": str(annotation_file) if annotation_file else None,
@@ -188,6 +224,11 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
     if annotation_file:
         # the same path with other contents (RDA re-run with another MLLM) is another run
         run_identity["annotation_sha256"] = hashlib.sha256(Path(annotation_file).read_bytes()).hexdigest()
+    extra_annotations = [a for a in (_extra_world_spec(w)[1] for w in ([cfg.extra_world] if isinstance(
+        cfg.extra_world, str) else cfg.extra_world or [])) if a]
+    if extra_annotations:
+        run_identity["extra_annotation_sha256"] = [hashlib.sha256(Path(a).read_bytes()).hexdigest()
+                                                   for a in extra_annotations]
     state_path = out / "state.pt"
     out.mkdir(parents=True, exist_ok=True)
     if state_path.exists() and not restart:
