@@ -80,3 +80,20 @@ def test_token_budget_and_truncation_report(tiny, caplog):
     with caplog.at_level(logging.WARNING):
         tiny.encode_texts([long])
     assert "truncated" in caplog.text and "ENDWORD" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["synthpedes-small", "synthpedes-small-v5"])
+def test_shipped_models_load_by_name_and_match_captions_to_their_photos(name, small_world):
+    from data.readers import read_dataset
+    from tools.embedder import shipped_models
+
+    assert name in shipped_models()
+    emb = Embedder(name, device="cpu")
+    records = read_dataset(small_world, "auto").records[:60]  # a world neither model was trained on
+    images = emb.encode_images([r.image_path for r in records])
+    texts = emb.encode_texts([r.captions[0] for r in records])
+    assert images.shape == (len(records), 256) and np.allclose(np.linalg.norm(images, axis=1), 1.0, atol=1e-4)
+    pids = np.array([r.pid for r in records])
+    hit = pids[(texts @ images.T).argmax(1)] == pids
+    # trained weights: far above the ~1-in-20 a random model gets here
+    assert hit.mean() > 0.3, hit.mean()
