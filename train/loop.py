@@ -172,22 +172,19 @@ def _same_run(saved: dict | None, identity: dict) -> bool:
     return learned(saved) == learned(identity)
 
 
-def _extra_world_spec(spec: str) -> tuple[str, str | None]:
-    """``DIR`` or ``DIR=ANNOTATIONS`` (e.g. an RDA output for that world) -> (DIR, ANNOTATIONS)."""
-    world, sep, annotations = spec.partition("=")
-    return world, (annotations if sep else None)
+def _extra_worlds(worlds: str | list[str] | None) -> list[tuple[str, str | None]]:
+    """Each ``DIR`` or ``DIR=ANNOTATIONS`` (e.g. an RDA output for that world) -> (DIR, ANNOTATIONS)."""
+    specs = [worlds] if isinstance(worlds, str) else list(worlds or [])
+    return [(world, annotations if sep else None) for world, sep, annotations in (s.partition("=") for s in specs)]
 
 
 def extra_train_records(worlds: str | list[str] | None, split: str, dataset_dir: str | Path,
                         first_pid: int) -> list[Record]:
     """The ``split`` records of each extra world (``DIR`` or ``DIR=ANNOTATIONS``), with person ids
     moved past ``first_pid`` (and past each earlier world's) so that no two worlds share a person."""
-    if not worlds:
-        return []
     out: list[Record] = []
     next_pid = first_pid
-    for spec in [worlds] if isinstance(worlds, str) else worlds:
-        world, annotations = _extra_world_spec(spec)
+    for world, annotations in _extra_worlds(worlds):
         if Path(world).resolve() == Path(dataset_dir).resolve():
             raise TrainingError(f"{world}: an extra world must not be the dataset being trained on")
         try:
@@ -199,7 +196,7 @@ def extra_train_records(worlds: str | list[str] | None, split: str, dataset_dir:
         base = next_pid - min(r.pid for r in records)
         out.extend(replace(r, pid=r.pid + base) for r in records)
         next_pid = max(r.pid for r in out) + 1
-        log.info("extra world %s: %d images", spec, len(records))
+        log.info("extra world %s: %d images", world, len(records))
     return out
 
 
@@ -224,8 +221,7 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
     if annotation_file:
         # the same path with other contents (RDA re-run with another MLLM) is another run
         run_identity["annotation_sha256"] = hashlib.sha256(Path(annotation_file).read_bytes()).hexdigest()
-    extra_annotations = [a for a in (_extra_world_spec(w)[1] for w in ([cfg.extra_world] if isinstance(
-        cfg.extra_world, str) else cfg.extra_world or [])) if a]
+    extra_annotations = [a for _, a in _extra_worlds(cfg.extra_world) if a]
     if extra_annotations:
         run_identity["extra_annotation_sha256"] = [hashlib.sha256(Path(a).read_bytes()).hexdigest()
                                                    for a in extra_annotations]
