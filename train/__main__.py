@@ -70,8 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if args.pretrain_world and len(args.pretrain_world) == 1:
         args.pretrain_world = args.pretrain_world[0]  # one world: the same run identity as before lists existed
-    if args.extra_world and len(args.extra_world) == 1:
-        args.extra_world = args.extra_world[0]
     names = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     if args.text_pretrain_epochs and not args.pretrain_world:
