@@ -236,3 +236,21 @@ def test_fit_trains_on_the_extra_worlds_too(small_world, model, tmp_path, capsys
     assert main([str(small_world), "--out", str(tmp_path / "o"), "--extra-world", str(small_world)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "extra world" in err[0]
+
+
+def test_same_person_weight_reaches_both_losses_and_is_checked(small_world, model, tmp_path, monkeypatch, capsys):
+    from train.__main__ import main
+
+    seen = []
+    for name in ("sdm", "identity_itc"):
+        real = getattr(loop, name)
+        monkeypatch.setattr(loop, name, lambda *a, _real=real, _name=name: seen.append((_name, a[-1])) or _real(*a))
+    fit(small_world, tmp_path / "run", TrainConfig(epochs=1, batch_size=8, workers=1, same_person_weight=0.25),
+        model=model, scratch=True, progress=False)
+    assert seen and {w for _, w in seen} == {0.25} and {n for n, _ in seen} == {"sdm", "identity_itc"}
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["config"]["same_person_weight"] == 0.25  # another weight is another run (no silent resume)
+    assert main([str(small_world), "--out", str(tmp_path / "o"), "--same-person-weight", "1.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--same-person-weight" in err[0]
+    assert not (tmp_path / "o").exists()

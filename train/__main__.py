@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of shared image/text attribute heads, labels parsed from the captions (default %(default)s)")
     p.add_argument("--similar-batches", type=float, default=d.similar_batches,
                    help="share of people batched with look-alikes (default %(default)s)")
+    p.add_argument("--same-person-weight", type=float, default=d.same_person_weight,
+                   help="contrastive target weight of a person's other photos against the caption's own photo; "
+                        "1 = IRRA's identity-aware targets, below 1 the photo's context (place, action, bystanders) "
+                        "is learnt (default %(default)s)")
     p.add_argument("--id-weight", type=float, default=d.id_weight, help="identity classification loss weight (0 = off)")
     p.add_argument("--rda-decay", type=float, default=d.rda_decay, help="RDA weight w = max(0.1, 1 - DECAY * epoch)")
     p.add_argument("--precision", default=d.precision, choices=("auto", "bf16", "fp32"))
@@ -74,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     if args.text_pretrain_epochs and not args.pretrain_world:
         print("error: --text-pretrain-epochs needs --pretrain-world (the captions come from those worlds)", file=sys.stderr)
+        return 2
+    if not 0.0 <= args.same_person_weight <= 1.0:
+        print("error: --same-person-weight must lie in [0, 1]", file=sys.stderr)
         return 2
     if args.epochs < 1 or args.batch_size < 2:
         print("error: --epochs must be >= 1 and --batch-size >= 2", file=sys.stderr)

@@ -53,6 +53,9 @@ class TrainConfig:
     attribute_weight: float = 0.0
     #: share of people batched with their look-alikes (hard negatives in the batch); 0 = random batches
     similar_batches: float = 0.0
+    #: target weight of a person's other photos against the caption's own photo (1 = IRRA's identity-aware
+    #: targets, which train out what a caption says about its own photo only: place, action, bystanders)
+    same_person_weight: float = 1.0
     max_logit_scale: float = 100.0
     #: initial 1/temperature for --scratch (open_clip's 1/0.07 learnt faster than IRRA's 1/0.02 in a 3-epoch A/B)
     init_logit_scale: float = 1 / 0.07
@@ -129,7 +132,8 @@ def evaluate_split(model, pairs: PairSet, mean, std, device, batch_size: int = 2
         img = []
         for i in range(0, len(pairs), batch_size):
             x = normalise(pairs.pixels[i:i + batch_size].permute(0, 3, 1, 2).float().div(255), mean, std)
-            img.append(F.normalize(model.encode_image(x.to(device)).float(), dim=-1))
+            x = x.to(device).contiguous(memory_format=torch.channels_last)
+            img.append(F.normalize(model.encode_image(x).float(), dim=-1))
         img_f = torch.cat(img)
         txt = []
         for i in range(0, len(pairs.tokens), batch_size):
@@ -240,6 +244,8 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
     except EmbedderError as e:
         raise TrainingError(str(e)) from None
     clip = loaded.model.to(dev).train()
+    # convolutions run about 20% faster channels-last on CPU (oneDNN); the weights saved are the same values
+    clip.visual.to(memory_format=torch.channels_last)
     if scratch:
         with torch.no_grad():
             clip.logit_scale.fill_(math.log(cfg.init_logit_scale))
@@ -323,7 +329,8 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
             step = epoch * steps_per_epoch + i
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, warmup, cfg)
-            x = normalise(augment(batch.pixels, gen), loaded.mean, loaded.std).to(dev)
+            x = normalise(augment(batch.pixels, gen), loaded.mean, loaded.std).to(dev) \
+                .contiguous(memory_format=torch.channels_last)
             pids = batch.pids.to(dev)
             with autocast:
                 img = F.normalize(clip.encode_image(x).float(), dim=-1)
@@ -331,7 +338,9 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
 
                 def base_loss(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                     txt = F.normalize(encode_text(clip, tokens.to(dev)).float(), dim=-1)
-                    value = cfg.sdm_weight * sdm(img, txt, pids, scale) + cfg.itc_weight * identity_itc(img, txt, pids, scale)
+                    w = cfg.same_person_weight
+                    value = (cfg.sdm_weight * sdm(img, txt, pids, scale, w)
+                             + cfg.itc_weight * identity_itc(img, txt, pids, scale, w))
                     if head is not None:
                         value = value + cfg.id_weight * head(img, txt, batch.labels.to(dev))
                     return value, txt

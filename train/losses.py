@@ -2,6 +2,12 @@
 
 * ``identity_itc``: image-text contrastive loss whose targets are identity-aware (every pair in the
   batch with the same person id is a positive, weights spread evenly over them).
+
+Both take ``same_person_weight``: the target weight of the person's *other* photos against the
+caption's own photo (batch item ``i`` is photo ``i`` and one of its captions). 1 gives IRRA's
+targets, where a caption fits every photo of its person equally, so what it says about its own
+photo only (where it was taken, what the person is doing, who is nearby) earns nothing and is
+trained out of the embeddings. Below 1, the own photo is preferred and that context is learnt.
 * ``sdm``: IRRA's similarity-distribution-matching loss: KL divergence between the softmax of the
   scaled similarities and the normalised identity-match distribution, both directions.
 * ``IdentityHead``: optional identity classification of image and text features (IRRA's ID loss).
@@ -15,14 +21,18 @@ import torch.nn.functional as F
 EPS = 1e-8
 
 
-def _match_distribution(pids: torch.Tensor) -> torch.Tensor:
+def _match_distribution(pids: torch.Tensor, same_person_weight: float = 1.0) -> torch.Tensor:
     labels = (pids[:, None] == pids[None, :]).float()
+    if same_person_weight != 1.0:
+        labels = labels * same_person_weight
+        labels.fill_diagonal_(1.0)
     return labels / labels.sum(dim=1, keepdim=True)
 
 
-def sdm(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def sdm(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor, logit_scale: torch.Tensor,
+        same_person_weight: float = 1.0) -> torch.Tensor:
     """IRRA's SDM loss on L2-normalised features [B, D]."""
-    q = _match_distribution(pids)
+    q = _match_distribution(pids, same_person_weight)
     t2i = logit_scale * text @ image.t()
     i2t = t2i.t()
     loss = 0.0
@@ -32,9 +42,10 @@ def sdm(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor, logit_scale
     return loss
 
 
-def identity_itc(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def identity_itc(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor, logit_scale: torch.Tensor,
+                 same_person_weight: float = 1.0) -> torch.Tensor:
     """Contrastive cross-entropy with identity-aware soft targets, averaged over both directions."""
-    q = _match_distribution(pids)
+    q = _match_distribution(pids, same_person_weight)
     t2i = logit_scale * text @ image.t()
     loss_t2i = -(q * F.log_softmax(t2i, dim=1)).sum(1).mean()
     loss_i2t = -(q * F.log_softmax(t2i.t(), dim=1)).sum(1).mean()
