@@ -82,7 +82,7 @@ def test_token_budget_and_truncation_report(tiny, caplog):
     assert "truncated" in caplog.text and "ENDWORD" in caplog.text
 
 
-@pytest.mark.parametrize("name", ["synthpedes-small", "synthpedes-small-v5"])
+@pytest.mark.parametrize("name", ["synthpedes-small", "synthpedes-small-v5", "synthpedes-small-v7"])
 def test_shipped_models_load_by_name_and_match_captions_to_their_photos(name, small_world):
     from data.readers import read_dataset
     from tools.embedder import shipped_models
