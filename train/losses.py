@@ -2,15 +2,15 @@
 
 * ``identity_itc``: image-text contrastive loss whose targets are identity-aware (every pair in the
   batch with the same person id is a positive, weights spread evenly over them).
+* ``sdm``: IRRA's similarity-distribution-matching loss: KL divergence between the softmax of the
+  scaled similarities and the normalised identity-match distribution, both directions.
+* ``IdentityHead``: optional identity classification of image and text features (IRRA's ID loss).
 
-Both take ``same_person_weight``: the target weight of the person's *other* photos against the
+``sdm`` and ``identity_itc`` take ``same_person_weight``: the target weight of the person's *other* photos against the
 caption's own photo (batch item ``i`` is photo ``i`` and one of its captions). 1 gives IRRA's
 targets, where a caption fits every photo of its person equally, so what it says about its own
 photo only (where it was taken, what the person is doing, who is nearby) earns nothing and is
 trained out of the embeddings. Below 1, the own photo is preferred and that context is learnt.
-* ``sdm``: IRRA's similarity-distribution-matching loss: KL divergence between the softmax of the
-  scaled similarities and the normalised identity-match distribution, both directions.
-* ``IdentityHead``: optional identity classification of image and text features (IRRA's ID loss).
 """
 
 from __future__ import annotations
