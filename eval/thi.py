@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from agents.users import SimulatedUser
 from data.readers import FORMAT_NAMES, DatasetError, read_dataset
-from graphs.config import GalleryIndex, THIConfig, THIContext
+from graphs.config import GalleryIndex, THIConfig, THIContext, fusion_weight_field
 from graphs.demo import open_gallery
 from graphs.report import write_trace
 from graphs.thi import build_graph, final_scores, recursion_limit
@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=d.rounds)
     p.add_argument("-k", type=int, default=d.k)
     p.add_argument("--xi", type=float, default=d.xi, help="paper gate (default %(default)s, the paper's)")
-    p.add_argument("--lam", type=float, default=d.lam)
+    p.add_argument("--lam", type=float, help="fusion weight of the original similarity without a user (default: "
+                   f"{d.lam} for paper, {d.lam_adaptive} for adaptive)")
     p.add_argument("--anchor-depth", type=int, default=d.anchor_depth,
                    help="adaptive: how deep the anchor search may verify (default %(default)s)")
     p.add_argument("--config", metavar="JSON", default="{}",
@@ -249,8 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         extra = json.loads(args.config)
         if not isinstance(extra, dict):
             raise ValueError("--config must be a JSON object of THIConfig fields")
-        cfgs = [THIConfig(**{"policy": policy, "rounds": args.rounds, "k": args.k, "xi": args.xi, "lam": args.lam,
-                             "anchor_depth": args.anchor_depth, **extra}) for policy in policies]
+        cfgs = [THIConfig(**{"policy": policy, "rounds": args.rounds, "k": args.k, "xi": args.xi,
+                             "anchor_depth": args.anchor_depth,
+                             **({} if args.lam is None else {fusion_weight_field(policy): args.lam}), **extra})
+                for policy in policies]
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         print(f"error: bad --config: {e}", file=sys.stderr)
         return 2

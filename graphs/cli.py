@@ -16,7 +16,7 @@ from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
 from tools.gallery import GalleryError
 from tools.mllm import BACKENDS, MLLMError, make_mllm
 
-from .config import GalleryIndex, THIConfig, THIContext
+from .config import GalleryIndex, THIConfig, THIContext, fusion_weight_field
 from .demo import open_gallery
 from .report import write_report, write_trace
 from .thi import build_graph, recursion_limit
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-k", type=int, default=d.k, help="top-k shown and used for convergence (default %(default)s)")
     g.add_argument("--rounds", type=int, default=d.rounds, help="round limit (default %(default)s)")
     g.add_argument("--xi", type=float, default=d.xi, help="paper: gate on the top-1 similarity (default %(default)s)")
-    g.add_argument("--lam", type=float, default=d.lam, help="weight of the original similarity in the fusion (default %(default)s)")
+    g.add_argument("--lam", type=float, help="weight of the original similarity in the fusion (default: "
+                   f"{d.lam} for paper, the paper's; {d.lam_adaptive} for adaptive)")
     g.add_argument("--anchor-depth", type=int, default=d.anchor_depth,
                    help="adaptive: how deep down the ranking the anchor search may verify (default %(default)s)")
     g.add_argument("--interactive", action="store_true", help="answer the questions yourself at the terminal")
@@ -135,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the query is empty", file=sys.stderr)
         return 2
     try:
-        cfg = THIConfig(policy=args.policy, k=args.k, rounds=args.rounds, xi=args.xi, lam=args.lam,
-                        anchor_depth=args.anchor_depth)
+        fusion = {} if args.lam is None else {fusion_weight_field(args.policy): args.lam}
+        cfg = THIConfig(policy=args.policy, k=args.k, rounds=args.rounds, xi=args.xi, anchor_depth=args.anchor_depth,
+                        **fusion)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -108,10 +108,10 @@ def _fused(state: THIState, ctx: THIContext) -> np.ndarray:
         new = idx.scores(state["current_query"])
         if anchor is not None and not user_mode:
             new[idx.position[anchor]] = 1.0
-        lam = cfg.lam_user if user_mode else cfg.lam
+        lam = cfg.lam_user if user_mode else cfg.lam_adaptive
         scores = lam * original + (1 - lam) * new
     elif anchor is not None and not user_mode:
-        scores[idx.position[anchor]] = cfg.lam * original[idx.position[anchor]] + (1 - cfg.lam)
+        scores[idx.position[anchor]] = cfg.lam_adaptive * original[idx.position[anchor]] + (1 - cfg.lam_adaptive)
     if anchor is not None and not user_mode and cfg.anchor_image_weight > 0:
         # The accepted anchor is a photo of the person: its look pulls up the same person's other
         # photos (other cameras), which the caption alone ranks lower.

@@ -1,5 +1,6 @@
 import json
 import sqlite3
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from langgraph.types import Command
 
 from agents.users import HumanUser, SimulatedUser
 from graphs.cli import main as thi_main
-from graphs.config import GalleryIndex, THIConfig, THIContext
+from graphs.config import GalleryIndex, THIConfig, THIContext, fusion_weight_field
 from graphs.thi import (GATE_CLOSED, NO_ANCHOR, REFINED_ONCE, USER_FINISHED, build_graph, final_scores,
                         recursion_limit, run)
 from tools.embedder import Embedder
@@ -177,6 +178,25 @@ def test_adaptive_anchor_image_pulls_up_similar_photos(setup):
     # without an anchor nothing moves, whatever the weight
     failed = run(QUERY, THIContext(idx, ScriptedMLLM([False] * 9), with_image))
     assert failed["ranking"] == failed["original_ranking"]
+
+
+def test_adaptive_fusion_has_its_own_weight_and_the_papers_is_left_alone(setup):
+    idx = setup["index"]
+    base = THIConfig(policy="adaptive", rounds=1, anchor_image_weight=0.0, verify_weight=0.0)
+    state = run(QUERY, THIContext(idx, ScriptedMLLM([True]), base))
+    anchor = state["anchor"]
+    assert anchor is not None and state["current_query"] != QUERY  # the anchor's answers were merged
+    original, new = idx.scores(QUERY), idx.scores(state["current_query"])
+    new[idx.position[anchor]] = 1.0
+    for lam_adaptive in (0.9, 0.5):
+        for paper_lam in (0.8, 0.1):  # the paper policy's weight plays no part in ours
+            cfg = replace(base, lam_adaptive=lam_adaptive, lam=paper_lam)
+            scores = final_scores(state, THIContext(idx, ScriptedMLLM([]), cfg))
+            assert np.allclose(scores, lam_adaptive * original + (1 - lam_adaptive) * new, atol=1e-6)
+    assert THIConfig().lam == 0.8  # the paper's lambda stays its default
+    assert fusion_weight_field("paper") == "lam" and fusion_weight_field("adaptive") == "lam_adaptive"
+    with pytest.raises(ValueError, match="lam_adaptive"):
+        THIConfig(lam_adaptive=1.5)
 
 
 @pytest.mark.parametrize("check", ["answers", "verify"])
