@@ -1,13 +1,13 @@
 """python -m eval.ablation DIR: the headline table: base / +RDA / +THI / +RDA+THI.
 
 Two designs, the two rows of each differing only in RDA. ``--from-scratch`` (the README's headline
-table): both models are trained from random weights with the shipped recipe, one on the original
-captions (``base``; that is the shipped model itself) and one with RDA (``rda``), about an hour each
-on 2 cores. Without it, a short continuation: both start from the shipped model and train the same
-few more epochs (about 20 minutes in all). Then it runs plain retrieval and THI (adaptive policy,
+table): both models are trained from random weights with v3's recipe, one on the original captions
+(``base``; that is ``synthpedes-small``, v3, the default model until stop 18) and one with RDA
+(``rda``), about an hour each on 2 cores. Without it, a short continuation: both start from v3 and
+train the same few more epochs (about 20 minutes in all). Then it runs plain retrieval and THI (adaptive policy,
 offline MLLM, no user) with both on the SynthPedes test split, and writes
 ``eval/results/ablation.json``: keys ``base``, ``rda``, ``thi``, ``rda+thi`` (R1, R5, R10, mAP,
-mINP), ``ceiling`` (the caption-only ceiling), ``shipped`` (the shipped model's own row) and the
+mINP), ``ceiling`` (the caption-only ceiling), ``shipped`` (the default model's own row) and the
 commands and seeds that produced them.
 """
 
@@ -25,7 +25,7 @@ from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
 from tools.mllm import make_mllm
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "ablation.json"
-#: how the base (shipped) model was trained; README "Retrieval core" has the full recipe
+#: how the base model (``synthpedes-small``, v3) was trained; README "Retrieval core" has the full recipe
 SHIPPED_MODEL_COMMAND = ("python -m train synthpedes --out runs/synthpedes-small-v3 --scratch "
                          "--pretrain-world synthpedes-pretrain --pretrain-world synthpedes-attr --pretrain-epochs 4 "
                          "--text-pretrain-epochs 1 --epochs 20 --save-dtype fp16")

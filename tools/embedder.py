@@ -1,12 +1,12 @@
 """open_clip image and text encoder.
 
-A small callable facade over any open_clip model: the shipped model by its registered name
-(``synthpedes-small``), any open_clip architecture with a ``pretrained`` tag or checkpoint file, or
-a folder (``local-dir:PATH``, the layout ``train/`` writes). Images are resized by squashing to the
-model's input size (no centre crop: a pedestrian crop keeps head and feet); features are
-L2-normalised float32 numpy arrays.
+A small callable facade over any open_clip model: a shipped model by its registered name
+(``synthpedes-small-v7``, the default; also ``synthpedes-small`` and ``synthpedes-small-v5``), any
+open_clip architecture with a ``pretrained`` tag or checkpoint file, or a folder (``local-dir:PATH``,
+the layout ``train/`` writes). Images are resized by squashing to the model's input size (no centre
+crop: a pedestrian crop keeps head and feet); features are L2-normalised float32 numpy arrays.
 
->>> emb = Embedder()                                   # the shipped model, CPU
+>>> emb = Embedder()                                   # the default shipped model, CPU
 >>> img = emb.encode_images(["a.jpg", "b.jpg"])        # doctest: +SKIP
 >>> txt = emb.encode_texts(["a woman in a red coat"])
 >>> txt.shape[1] == emb.dim
@@ -31,8 +31,9 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-#: The model used wherever none is named.
-DEFAULT_MODEL = "synthpedes-small"
+#: The model used wherever none is named: the shipped model that meets the retrieval quality target
+#: (README "Retrieval core"). ``synthpedes-small`` (v3, the default until stop 18) keeps its name.
+DEFAULT_MODEL = "synthpedes-small-v7"
 #: IRRA's input size for ViT-B/16 on pedestrian crops (height, width).
 IRRA_IMAGE_SIZE = (384, 128)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -234,7 +235,7 @@ class Embedder:
     """Encode pedestrian images and descriptions into one L2-normalised space.
 
     Args:
-        model: shipped model name (default ``synthpedes-small``), open_clip architecture, or
+        model: shipped model name (default ``synthpedes-small-v7``), open_clip architecture, or
             ``local-dir:PATH``.
         pretrained: pretrained tag or checkpoint file for an architecture name.
         device: ``cpu``, ``cuda``, ... (default: CUDA when present).

@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", choices=("auto",) + FORMAT_NAMES)
     p.add_argument("--annotations", metavar="FILE", help="read this annotation file instead (e.g. RDA output)")
     p.add_argument("--model", default="synthpedes-small",
-                   help="architecture: shipped name, open_clip name (e.g. ViT-B-16) or local-dir:PATH (default %(default)s)")
+                   help="architecture: shipped name, open_clip name (e.g. ViT-B-16) or local-dir:PATH (default "
+                        "%(default)s, the architecture every shipped model shares; without --scratch or --init its "
+                        "weights, v3's, are the start: --model synthpedes-small-v7 fine-tunes the default model)")
     p.add_argument("--init", metavar="TAG_OR_FILE", help="start from these weights (pretrained tag or checkpoint file)")
     p.add_argument("--scratch", action="store_true", help="random initialisation of the architecture")
     p.add_argument("--pretrain-world", metavar="DIR", action="append",
