@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-k", type=int, default=d.k, help="top-k shown and used for convergence (default %(default)s)")
     g.add_argument("--rounds", type=int, default=d.rounds, help="round limit (default %(default)s)")
     g.add_argument("--xi", type=float, default=d.xi, help="paper: gate on the top-1 similarity (default %(default)s)")
-    g.add_argument("--lam", type=float, help="weight of the original similarity in the fusion (default: "
-                   f"{d.lam} for paper, the paper's; {d.lam_adaptive} for adaptive)")
+    g.add_argument("--lam", type=float, help="weight of the original similarity in the fusion without a user "
+                   f"(default: {d.lam} for paper, the paper's; {d.lam_adaptive} for adaptive; --interactive fuses "
+                   f"at {d.lam_user})")
     g.add_argument("--anchor-depth", type=int, default=d.anchor_depth,
                    help="adaptive: how deep down the ranking the anchor search may verify (default %(default)s)")
     g.add_argument("--interactive", action="store_true", help="answer the questions yourself at the terminal")
