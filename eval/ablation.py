@@ -2,7 +2,7 @@
 
 Two designs, the two rows of each differing only in RDA. ``--from-scratch`` (the README's headline
 table): both models are trained from random weights with v3's recipe, one on the original captions
-(``base``; that is ``synthpedes-small``, v3, the default model until stop 17) and one with RDA
+(``base``; that is ``synthpedes-small``, v3, the earlier default model) and one with RDA
 (``rda``), about an hour each on 2 cores. Without it, a short continuation: both start from v3 and
 train the same few more epochs (about 20 minutes in all). Then it runs plain retrieval and THI (adaptive policy,
 offline MLLM, no user) with both on the SynthPedes test split, and writes

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 #: The model used wherever none is named: the shipped model that meets the retrieval quality target
-#: (README "Retrieval core"). ``synthpedes-small`` (v3, the default until stop 17) keeps its name.
+#: (docs/training.md). ``synthpedes-small`` (v3, the earlier default) keeps its name.
 DEFAULT_MODEL = "synthpedes-small-v7"
 #: IRRA's input size for ViT-B/16 on pedestrian crops (height, width).
 IRRA_IMAGE_SIZE = (384, 128)

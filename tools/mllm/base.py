@@ -42,7 +42,11 @@ class ImageRef:
 
 @dataclass
 class Verdict:
-    match: bool
+    """A verification answer. ``match`` is None when the backend abstains: it has no evidence either
+    way (nothing in the description it can check, or no person in the photo); callers treat an
+    abstention as no verdict, never as a yes or a no."""
+
+    match: bool | None
     confidence: float
     reason: str = ""
     cached: bool = False
