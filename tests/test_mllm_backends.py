@@ -9,6 +9,7 @@ initialised Qwen2-VL built and saved by the test itself.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -22,7 +23,8 @@ from PIL import Image
 from tests.mllm_server import QwenLikeServer
 from tools.attributes import SLOTS, phrase
 from tools.mllm.base import Answer, ImageRef, MLLMError, Verdict
-from tools.mllm.chat import answer_value, parse_numbered, parse_yes_no
+from tools.mllm.chat import (answer_value, contains_yes, group_values, parse_numbered, parse_yes_no, read_yes_no,
+                             split_numbered, yes_probability)
 from tools.mllm.parser import parse
 from tools.mllm.protocols import load_protocol
 
@@ -126,22 +128,93 @@ def _openai(url: str, **kw):
 
 # -- parsing helpers ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("reply,expected", [
-    ("Yes.", True), ("no", False), ("YES, the description fits.", True), ("The answer is no", False),
-    ("**No**", False), ("<think>the coat looks red, so yes</think>\nNo.", False), ("Answer: yes", True),
-])
-def test_parse_yes_no(reply, expected):
-    assert parse_yes_no(reply) is expected
+# The yes/no rule (tools.mllm.chat.read_yes_no): the first decisive phrase wins; negated
+# affirmations are no, negated doubts are yes; uncertainty is unusable.
+YES_NO_TABLE = [
+    ("Yes.", "yes"), ("no", "no"), ("YES, the description fits.", "yes"), ("The answer is no", "no"),
+    ("**No**", "no"), ("<think>the coat looks red, so yes</think>\nNo.", "no"), ("Answer: yes", "yes"),
+    ("Not yes.", "no"), ("No doubt, yes!", "yes"), ("Yes, although the shoes are not visible.", "yes"),
+    ("I don't think so.", "no"), ("I do not think so", "no"), ("I think so.", "yes"), ("Absolutely not.", "no"),
+    ("Absolutely!", "yes"), ("Definitely not the same person.", "no"), ("Not really.", "no"),
+    ("Not at all.", "no"), ("No, the coat is blue.", "no"), ("Of course.", "yes"), ("Of course not.", "no"),
+    ("Correct.", "yes"), ("Incorrect.", "no"), ("True", "yes"), ("False", "no"), ("No way.", "no"),
+    ("Nope", "no"), ("Yep", "yes"), ("Yeah, that's her.", "yes"), ("Without a doubt.", "yes"),
+    ("It does not match the description.", "no"), ("It doesn't fit.", "no"), ("The description fits.", "yes"),
+    ("It matches.", "yes"), ("I wouldn't say so.", "no"), ("Never.", "no"), ("Unfortunately, no.", "no"),
+    ("Sure.", "yes"), ("That's right.", "yes"), ("The person is not wearing a red coat, so no.", "no"),
+    ("Not the person described.", "no"), ("Yes. There is no hat, but everything else fits.", "yes"),
+    ("There is no person in this image.", "no-person"), ("The image does not show a person.", "no-person"),
+    ("No. There is no person wearing red.", "no"),
+]
+
+
+@pytest.mark.parametrize("reply,expected", YES_NO_TABLE)
+def test_read_yes_no(reply, expected):
+    assert read_yes_no(reply) == expected
+    assert parse_yes_no(reply) is (expected == "yes")
 
 
 @pytest.mark.parametrize("reply,kind", [
     ("I can't help with that.", "refused"), ("I cannot", "refused"), ("banana", "unparseable"),
-    ("Hard to say from this angle.", "unparseable"),
+    ("Hard to say from this angle.", "unparseable"), ("Not sure.", "unparseable"), ("Maybe.", "unparseable"),
+    ("I can't tell from this photo.", "unparseable"), ("It is not clear.", "unparseable"),
+    ("Yes and no.", "unparseable"), ("I'm sorry, but I can't identify people.", "refused"),
 ])
 def test_parse_yes_no_failures(reply, kind):
     with pytest.raises(MLLMError) as e:
         parse_yes_no(reply)
     assert e.value.kind == kind
+
+
+@pytest.mark.parametrize("reply,expected", [
+    ("Yes.", True), ("yes", True), ("I would say YES", True), ("No.", False), ("Not yes.", True),
+    ("No doubt about it.", False), ("Her eyes are blue.", False), ("", False), ("Yesterday", False),
+])
+def test_contains_yes_is_icls_rule(reply, expected):
+    # ICL's rule counts the word, negations included ("Not yes." is a yes there, by design)
+    assert contains_yes(reply) is expected
+
+
+def test_split_numbered():
+    one_line = "1. The person is a woman. 2. Long black hair. 3. A red coat, size 2. 4. Not visible."
+    assert split_numbered(one_line, 4) == {1: "The person is a woman.", 2: "Long black hair.",
+                                           3: "A red coat, size 2.", 4: "Not visible."}
+    assert split_numbered("1) male\n2) short hair\n\n3) jeans", 3) == {1: "male", 2: "short hair", 3: "jeans"}
+    assert split_numbered("1. male 3. jeans", 3) == {1: "male", 3: "jeans"}  # a skipped number
+    assert split_numbered("A woman.", 1) == {1: "A woman."}
+    assert split_numbered("no numbers at all", 2) == {}
+
+
+def test_yes_probability():
+    ln = math.log
+    tokens = [("Yes", [("Yes", ln(0.6)), (" yes", ln(0.2)), ("No", ln(0.15)), ("no", ln(0.03)), ("The", ln(0.02))]),
+              (".", [(".", ln(0.9))])]
+    p, reading = yes_probability(tokens)
+    assert reading == "yes" and p == pytest.approx(0.8 / 0.98)
+    # the answer token may come after a preamble; byte-level markers and case are ignored
+    tokens = [("The", [("The", ln(0.9))]), ("Ġanswer", [("Ġanswer", ln(0.9))]), ("Ġis", [("Ġis", ln(0.9))]),
+              ("ĠNO", [("ĠNO", ln(0.7)), ("ĠYes", ln(0.1)), ("Ġno", ln(0.1))])]
+    p, reading = yes_probability(tokens)
+    assert reading == "no" and p == pytest.approx(0.1 / 0.9)
+    assert yes_probability([("Maybe", [("Maybe", ln(0.9)), ("Yes", ln(0.05))])]) is None
+    assert yes_probability([]) is None
+
+
+@pytest.mark.parametrize("slots,answer,values", [
+    (("backpack", "backpack_color", "bag", "bag_color"), "Yes, a black backpack.",
+     {"backpack": "backpack", "backpack_color": "black", "bag": None, "bag_color": None}),
+    (("backpack", "backpack_color", "bag", "bag_color"), "No.",
+     {"backpack": "none", "backpack_color": None, "bag": "none", "bag_color": None}),
+    (("backpack", "backpack_color", "bag", "bag_color"), "No, but she carries a black handbag.",
+     {"backpack": None, "backpack_color": None, "bag": "handbag", "bag_color": "black"}),
+    (("hair_length", "hair_color"), "Short black hair.", {"hair_length": "short", "hair_color": "black"}),
+    (("hat", "hat_color"), "I cannot see that.", {"hat": None, "hat_color": None}),
+    (("upper_type", "upper_color", "sleeve_length"), "A red T-shirt with short sleeves.",
+     {"upper_type": "t-shirt", "upper_color": "red", "sleeve_length": "short"}),
+    (("action",), "He is walking along the street.", {"action": "walking"}),
+])
+def test_group_values(slots, answer, values):
+    assert group_values(slots, answer) == values
 
 
 @pytest.mark.parametrize("slot,answer,value", [
@@ -479,6 +552,35 @@ def test_transformers_rigged_model_says_yes(tiny_vlm_dir, images):
     assert verdict.confidence == pytest.approx(0.5) and verdict.confidence_from == "logprobs"
     assert [a.value for a in mllm.ask(images["blue-man"], ["backpack"])] == ["backpack"]  # "yes" -> present
     assert len(calls) == 3  # verify, the person question after its yes (cached for ask), ask
+
+
+def test_transformers_generation_stops_at_the_deadline(tiny_vlm_dir, images):
+    from tools.mllm.base import dialogue_deadline
+    from tools.mllm.transformers_backend import TransformersMLLM
+
+    mllm = TransformersMLLM(tiny_vlm_dir, max_new_tokens=3, timeout=7.0)
+    seen: list[dict] = []
+    generate = mllm.model.generate
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs)
+        return generate(*args, **kwargs)
+
+    mllm.model.generate = recording
+    for text in ("a woman", "a man"):
+        try:
+            mllm.verify(images["red-woman"], text)
+        except MLLMError as e:
+            assert e.kind == "unparseable"
+    with dialogue_deadline(2.0):
+        try:
+            mllm.verify(images["blue-man"], "a man")
+        except MLLMError as e:
+            assert e.kind == "unparseable"
+    assert 0 < seen[0]["max_time"] <= 7.0 and 0 < seen[-1]["max_time"] <= 2.0  # transformers' MaxTimeCriteria
+    with dialogue_deadline(0.0), pytest.raises(MLLMError) as e:
+        mllm.verify(images["blue-man"], "a person")
+    assert e.value.kind == "deadline"
 
 
 def test_transformers_missing_or_bad_folder(tmp_path):

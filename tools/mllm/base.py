@@ -228,6 +228,11 @@ class MLLM(ABC):
         should end with that error in one line and a non-zero exit."""
         return None
 
+    def preflight(self) -> None:
+        """Check, before a run, that the backend can answer at all (a server: reachable, serving the
+        model); raise :class:`MLLMError` in one line when it cannot. Backends without a server
+        have nothing to check."""
+
     def image_sent(self, image_id: str) -> dict | None:
         """What was last sent for this photo (``{"width", "height", "bytes", "original",
         "quality"}``), or None (not sent, or a backend that sends no images)."""

@@ -119,7 +119,8 @@ _PHRASES: tuple[tuple[str, str], ...] = (
      r"|yes\s+and\s+no|yes\s+or\s+no|no\s+or\s+yes"
      r"|can\s*(?:not|'?t|’t)\s+(?:tell|say|determine|be\s+sure|see)|hard\s+to\s+(?:tell|say)"
      r"|(?:impossible|difficult)\s+to\s+(?:tell|say|determine)"
-     r"|(?:is\s*" + _NEG + r"|isn't|not)\s+(?:clear|certain|obvious|visible|possible\s+to\s+(?:tell|say|determine))",
+     r"|(?:(?:it|this|that)\s+)?(?:is\s*" + _NEG + r"|isn't|not)\s+"
+     r"(?:clear|certain|obvious|visible|possible\s+to\s+(?:tell|say|determine))",
      "unsure"),
     # negated affirmations, and negations of the fit itself: no
     (r"not\s+(?:a\s+)?yes"
@@ -704,6 +705,9 @@ class ChatMLLM(MLLM):
         hit = self._get(key)
         if hit is not None:
             return bool(hit)
+        with self._images_lock:
+            if image.id in self._rejected:  # the request itself fails at once with the remembered error
+                return None
         # one question per photo even when several threads verify it at once
         lock = self._person_locks[hash(image.id) % len(self._person_locks)]
         wait = self._options("person").remaining()

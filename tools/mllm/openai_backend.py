@@ -168,6 +168,29 @@ class OpenAIMLLM(ChatMLLM):
         finally:
             self._slots.release()
 
+    def preflight(self) -> None:
+        """One ``GET /v1/models`` within the call timeout: raises :class:`MLLMError` when the server
+        cannot be reached (``unreachable``/``timeout``, which also opens the circuit breaker) or does
+        not serve the configured model (``error``, naming what it serves). Picks the model when none
+        was configured."""
+        self.breaker.before_call()
+        options = self._options("models")
+        try:
+            listed = self._call(lambda: self.client.models.list(), options)
+        except MLLMError as e:
+            self.breaker.record(e)
+            raise
+        self.breaker.record(None)
+        names = [m for m in (_get(x, "id") for x in (_get(listed, "data") or [])) if isinstance(m, str)]
+        with self._model_lock:
+            if self.model is None:
+                if not names:
+                    raise MLLMError(f"{self.base_url} serves no model; set THI_MLLM_MODEL", kind="error")
+                self.model = names[0]
+            elif names and self.model not in names:
+                shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                raise MLLMError(f"{self.base_url} does not serve {self.model!r} (it serves {shown})", kind="error")
+
     def resolve_model(self, options: ChatOptions | None = None) -> str:
         """The model name to request; asks the server once when none was configured."""
         with self._model_lock:

@@ -313,9 +313,12 @@ def _validate(data: dict, where: str) -> Protocol:
     try:
         return Protocol.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        errors = e.errors()
+        # of a union's failed branches, the deepest says most ("unknown slot" beats "not 'slots'")
+        first = max(errors, key=lambda err: len(err["loc"]))
+        # union branch names ("tuple[Question, ...]") are pydantic's, not the file's
+        loc = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and "[" in p)) or "(top level)"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ProtocolError(f"{where}: {loc}: {first['msg']}{more}") from None
 
 
