@@ -292,3 +292,44 @@ class ClosingServer:
         self._stop.set()
         self._thread.join(timeout=2)
         self.sock.close()
+
+
+def _yes_model(body: dict, images: list) -> str:
+    """A model that says yes to every question and answers attribute questions with "not visible"."""
+    user = [m for m in body.get("messages", []) if m.get("role") == "user"][-1]["content"]
+    if isinstance(user, str):
+        match = re.search(r'"(.*?)"', user)
+        return match.group(1) if match else "A person."
+    text = " ".join(b.get("text", "") for b in user if b.get("type") == "text")
+    if "yes or no" in text.lower():
+        return "Yes."
+    count = len(re.findall(r"^\d+\. ", text, re.M))
+    return "\n".join(f"{n}. Not visible" for n in range(1, count + 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.mllm_server --mode silent``: serve until Ctrl-C (to try a CLI against it)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m tests.mllm_server", description=main.__doc__)
+    p.add_argument("--mode", choices=MODES, default="answer", help="how to answer every request (default %(default)s)")
+    p.add_argument("--delay", type=float, default=1.0, help="slow: seconds before answering")
+    p.add_argument("--retry-after", type=float, default=1.0, help="rate-limit: the Retry-After header")
+    p.add_argument("--trickle-interval", type=float, default=1.0, help="trickle: seconds between bytes")
+    args = p.parse_args(argv)
+    server = QwenLikeServer(_yes_model, delay=args.delay, retry_after=args.retry_after,
+                            trickle_interval=args.trickle_interval)
+    server.mode = args.mode
+    print(server.url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -13,7 +13,6 @@ import math
 import os
 import re
 import socket
-import time
 from pathlib import Path
 
 import numpy as np

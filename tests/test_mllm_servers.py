@@ -7,7 +7,6 @@ a few seconds (the contract), not how fast anything runs.
 
 from __future__ import annotations
 
-import math
 import socket
 import threading
 import time
@@ -20,7 +19,7 @@ from tests.mllm_server import ClosingServer, QwenLikeServer
 from tools.mllm import make_mllm
 from tools.mllm.base import Answer, ImageRef, MLLMError, dialogue_deadline
 from tools.mllm.chat import NO_PERSON, CircuitBreaker
-from tools.mllm.images import ImageLimits, load_rgb
+from tools.mllm.images import load_rgb
 
 GREEN = (30, 200, 30)  # the colour of the photo without a person
 
@@ -300,6 +299,11 @@ def test_dialogue_deadline_bounds_all_calls_of_a_dialogue(serve, photos):
         with pytest.raises(MLLMError) as spent:  # after it: not sent
             mllm.ask(photos["other"], ["gender"])
         assert spent.value.kind == "deadline" and d.expired
+    assert server.chat_requests == 2
+    with mllm.deadline(d):  # the same dialogue, resumed: its time is still spent
+        with pytest.raises(MLLMError) as resumed:
+            mllm.verify(photos["person"], "a woman")
+        assert resumed.value.kind == "deadline"
     assert server.chat_requests == 2
     assert mllm.unavailable is None  # the dialogue ran out of time; the server is fine
     assert mllm.verify(photos["other"], "a man").match is False  # the next dialogue has its own time

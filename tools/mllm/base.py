@@ -167,10 +167,12 @@ _DEADLINE: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar("thi
 
 
 @contextmanager
-def dialogue_deadline(seconds: float | None, what: str = "the dialogue") -> Iterator[Deadline | None]:
+def dialogue_deadline(seconds: "float | Deadline | None", what: str = "the dialogue") -> Iterator[Deadline | None]:
     """Bound every MLLM call made inside the ``with`` block (in this context) to ``seconds`` in all.
 
-    ``None`` sets no new bound. Nested blocks keep the earlier of the two deadlines. The bound
+    A :class:`Deadline` may be given instead of seconds, to carry one dialogue's bound across
+    several blocks (a dialogue resumed after a human's answer). ``None`` sets no new bound. Nested
+    blocks keep the earlier of the two deadlines. The bound
     belongs to the current context (thread or asyncio task, and the copies of its context that
     LangGraph and :meth:`ChatMLLM.verify_many` hand to their worker threads), so concurrent
     dialogues on one backend each have their own.
@@ -181,7 +183,7 @@ def dialogue_deadline(seconds: float | None, what: str = "the dialogue") -> Iter
     if seconds is None:
         yield _DEADLINE.get()
         return
-    new = Deadline(seconds, what)
+    new = seconds if isinstance(seconds, Deadline) else Deadline(seconds, what)
     outer = _DEADLINE.get()
     token = _DEADLINE.set(outer if outer is not None and outer.at <= new.at else new)
     try:
@@ -239,7 +241,7 @@ class MLLM(ABC):
         return None
 
     @staticmethod
-    def deadline(seconds: float | None, what: str = "the dialogue"):
+    def deadline(seconds: "float | Deadline | None", what: str = "the dialogue"):
         """:func:`dialogue_deadline`: ``with mllm.deadline(60): ...`` bounds the MLLM calls of one
         dialogue (every backend's, in this context)."""
         return dialogue_deadline(seconds, what)

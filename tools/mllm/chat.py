@@ -50,7 +50,7 @@ import time
 from abc import abstractmethod
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -448,7 +448,6 @@ class ChatReply:
 
     text: str
     tokens: list[tuple[str, list[tuple[str, float]]]] | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class CircuitBreaker:
