@@ -16,8 +16,8 @@ from tools.mllm import make_mllm
 from tools.mllm.base import Answer, ImageRef, MLLMError
 from tools.mllm.protocols import PRESETS, Protocol, ProtocolError, load_protocol
 
-# The ``ours`` prompts as they were written in tools/mllm/chat.py before they became a preset:
-# the preset must send exactly these bytes.
+# The ``ours`` prompts, byte for byte: the preset must send exactly these (its results, and the
+# offline MLLM's comparisons with chat servers, were measured with them).
 OURS_BEFORE = {
     "system": "You look at photos of pedestrians taken by street cameras and answer questions about the "
               "appearance of the main person in the photo. Answer only from what the photo shows, briefly, "
