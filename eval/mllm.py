@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--mllm transformers needs --mllm-path FOLDER")
             options.update(path=args.mllm_path, device=args.device, timeout=args.mllm_timeout)
         mllm = make_mllm(args.mllm, protocol=args.mllm_protocol, **options)
+        mllm.preflight()  # a server that cannot answer fails here, before the retrieval model loads
         embedder = Embedder(args.model, device=args.device)
         pairs = verification_pairs(root, args.split, embedder, args.limit, args.seed)
         report: dict = {"mllm": mllm.name, "split": args.split, "retrieval_model": embedder.name}
