@@ -64,12 +64,15 @@ def verification_pairs(root: str | Path, split: str, embedder: Embedder, limit: 
 
 
 def verification_scores(mllm: MLLM, pairs: list[tuple[str, ImageRef, bool]], progress: bool = True) -> dict:
-    tp = fn = tn = fp = failed = 0
+    tp = fn = tn = fp = failed = abstained = 0
     for text, image, positive in tqdm(pairs, desc="verifying", unit="pair", disable=not progress, mininterval=2):
         try:
             match = mllm.verify(image, text).match
         except MLLMError:
             failed += 1
+            continue
+        if match is None:  # an abstention is no verdict: counted apart, not as a yes or a no
+            abstained += 1
             continue
         if positive:
             tp += match
@@ -81,7 +84,7 @@ def verification_scores(mllm: MLLM, pairs: list[tuple[str, ImageRef, bool]], pro
     neg_recall = tn / max(1, tn + fp)
     return {"positives": tp + fn, "negatives": tn + fp, "positive_recall": round(pos_recall, 4),
             "negative_recall": round(neg_recall, 4), "balanced_accuracy": round((pos_recall + neg_recall) / 2, 4),
-            "failed": failed}
+            "failed": failed, "abstained": abstained}
 
 
 def attribute_accuracy(mllm: MLLM, root: str | Path, split: str, limit: int | None = None, seed: int = 0,
@@ -92,8 +95,13 @@ def attribute_accuracy(mllm: MLLM, root: str | Path, split: str, limit: int | No
     right = {s: 0 for s in SLOT_NAMES}
     seen = {s: 0 for s in SLOT_NAMES}
     unsure = {s: 0 for s in SLOT_NAMES}
+    failed = 0
     for im in tqdm(images, desc="asking", unit="img", disable=not progress, mininterval=2):
-        answers = mllm.ask(ImageRef(im["file_path"], root / "imgs" / im["file_path"]), list(SLOT_NAMES))
+        try:
+            answers = mllm.ask(ImageRef(im["file_path"], root / "imgs" / im["file_path"]), list(SLOT_NAMES))
+        except MLLMError:  # one photo the backend could not answer about: counted, the rest go on
+            failed += 1
+            continue
         for a in answers:
             truth = im["attributes"].get(a.slot)
             if truth is None or not im["visible"].get(a.slot):
@@ -103,7 +111,8 @@ def attribute_accuracy(mllm: MLLM, root: str | Path, split: str, limit: int | No
             unsure[a.slot] += a.value is None
     acc = {s: round(right[s] / seen[s], 4) for s in SLOT_NAMES if seen[s]}
     return {"accuracy": acc, "cannot_tell": {s: round(unsure[s] / seen[s], 4) for s in SLOT_NAMES if seen[s]},
-            "mean_accuracy": round(float(np.mean(list(acc.values()))), 4), "images": len(images)}
+            "mean_accuracy": round(float(np.mean(list(acc.values()))), 4) if acc else None,
+            "images": len(images), "failed": failed}
 
 
 def fit_verifier(mllm, pairs: list[tuple[str, ImageRef, bool]], l2: float = 1e-3, steps: int = 4000,
@@ -146,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir", help="SynthPedes folder (needs attributes.json)")
     p.add_argument("--split", default="test")
     p.add_argument("--mllm", default="offline", help="offline (default), oracle, openai, transformers")
+    p.add_argument("--mllm-url", help="openai: base URL of an OpenAI-compatible server (or $THI_MLLM_BASE_URL)")
+    p.add_argument("--mllm-model", help="openai: model name (or $THI_MLLM_MODEL)")
+    p.add_argument("--mllm-path", help="transformers: folder of a local image-text-to-text model")
+    p.add_argument("--mllm-protocol", help="chat backends: ours (default), icl, or a protocol JSON file")
+    p.add_argument("--mllm-timeout", type=float, default=60.0,
+                   help="chat backends: seconds one MLLM call may take in all (default %(default)s)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="retrieval model that picks the hard negatives")
     p.add_argument("--limit", type=int, help="captions (and photos) sampled")
     p.add_argument("--seed", type=int, default=0)
@@ -158,7 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR)
     root = Path(args.dir)
     try:
-        mllm = make_mllm(args.mllm, **({"synthpedes_dir": root} if args.mllm == "oracle" else {}))
+        options: dict = {"synthpedes_dir": root} if args.mllm == "oracle" else {}
+        if args.mllm == "openai":
+            options.update({k: v for k, v in (("base_url", args.mllm_url), ("model", args.mllm_model)) if v})
+            options["timeout"] = args.mllm_timeout
+        if args.mllm == "transformers":
+            if not args.mllm_path:
+                raise ValueError("--mllm transformers needs --mllm-path FOLDER")
+            options.update(path=args.mllm_path, device=args.device, timeout=args.mllm_timeout)
+        mllm = make_mllm(args.mllm, protocol=args.mllm_protocol, **options)
+        mllm.preflight()  # a server that cannot answer fails here, before the retrieval model loads
         embedder = Embedder(args.model, device=args.device)
         pairs = verification_pairs(root, args.split, embedder, args.limit, args.seed)
         report: dict = {"mllm": mllm.name, "split": args.split, "retrieval_model": embedder.name}
@@ -172,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
             report["verifier"] = verifier
         report["verification"] = verification_scores(mllm, pairs, not args.quiet)
         report["attributes"] = attribute_accuracy(mllm, root, args.split, args.limit, args.seed, not args.quiet)
+        if mllm.protocol is not None:
+            report["protocol"] = mllm.protocol.name
+        report["mllm_calls"] = mllm.stats.snapshot()
+        if mllm.unavailable is not None:  # the server could not be used: the figures above mean nothing
+            raise mllm.unavailable
     except (DatasetError, AnnotationError, EmbedderError, MLLMError, ValueError, FileNotFoundError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1

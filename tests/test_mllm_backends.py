@@ -1,31 +1,31 @@
 """Chat MLLM backends: OpenAI-compatible server, LangChain chat model, local transformers VLM.
 
 Nothing here reaches the network: the OpenAI backend talks to a real HTTP server started on
-127.0.0.1 that speaks the chat-completions protocol and answers from annotations; the LangChain
+127.0.0.1 that behaves like vLLM serving Qwen2-VL (``tests/mllm_server.py``) and answers from
+annotations; the LangChain
 backend wraps langchain-core's fake chat models; the transformers backend loads a tiny, randomly
 initialised Qwen2-VL built and saved by the test itself.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
+import math
 import os
 import re
 import socket
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from tools.attributes import SLOTS
+from tests.mllm_server import QwenLikeServer
+from tools.attributes import SLOTS, phrase
 from tools.mllm.base import Answer, ImageRef, MLLMError, Verdict
-from tools.mllm.chat import answer_value, parse_numbered, parse_yes_no
+from tools.mllm.chat import (answer_value, contains_yes, group_values, parse_numbered, parse_yes_no, read_yes_no,
+                             split_numbered, yes_probability)
 from tools.mllm.parser import parse
+from tools.mllm.protocols import load_protocol
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -41,10 +41,6 @@ ANNOTATIONS = {
 COLOURS = {"red-woman": (200, 30, 30), "blue-man": (30, 30, 200)}
 
 
-def _sha1(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> dict[str, ImageRef]:
     """Small solid-colour 32x64 JPEGs, one per annotated person."""
@@ -57,126 +53,63 @@ def images(tmp_path_factory) -> dict[str, ImageRef]:
     return out
 
 
-@pytest.fixture(scope="module")
-def by_hash(images) -> dict[str, dict]:
-    """The server's knowledge: annotation by sha1 of the image bytes it receives."""
-    return {_sha1(ref.path.read_bytes()): ANNOTATIONS[name] for name, ref in images.items()}
-
-
-# -- an OpenAI-compatible server that answers from annotations ----------------------------------
+# -- a vLLM-like server that answers from annotations -------------------------------------------
 
 QUESTION_SLOT = {spec.question: name for name, spec in SLOTS.items()}
+ICL = load_protocol("icl")
+ICL_QUESTION = {q.text: q.slots for q in ICL.ask.questions}  # type: ignore[union-attr]
 
 
-def annotation_answer(body: dict, annotations: dict[str, dict]) -> str:
-    """What a perfect MLLM would say: verify from contradictions, ask from the annotation."""
+def identify(image: Image.Image) -> dict | None:
+    """Which test person a received photo shows: the annotation whose colour is nearest the photo's
+    mean (photos arrive resized and re-encoded, so bytes cannot identify them). None: nobody."""
+    mean = np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(axis=0)
+    name = min(COLOURS, key=lambda n: float(np.sum((mean - np.array(COLOURS[n])) ** 2)))
+    return ANNOTATIONS[name]
+
+
+def annotation_answer(body: dict, images: list) -> str:
+    """What a perfect MLLM would say: verify from contradictions, ask from the annotation, merge by
+    appending the facts."""
     user = [m for m in body["messages"] if m["role"] == "user"][-1]
     content = user["content"]
     if isinstance(content, str):  # text only: a merge request
-        query = re.search(r'Description: "(.*)"', content).group(1)
-        facts = " ".join(re.findall(r"^- (.*)$", content, re.M))
+        query = re.search(r'"(.*)"', content).group(1)
+        facts = " ".join(re.findall(r"^(?:- |\d+\. )(.*)$", content, re.M))
         return f"{query.rstrip('.')}. {facts}"
     text = " ".join(b["text"] for b in content if b["type"] == "text")
-    url = next(b["image_url"]["url"] for b in content if b["type"] == "image_url")
-    assert url.startswith("data:image/jpeg;base64,")
-    truth = annotations[_sha1(base64.b64decode(url.split(",", 1)[1]))]
-    if "yes or no" in text:
-        description = re.search(r'Description: "(.*)"', text).group(1)
+    truth = identify(images[0])
+    if "show a person" in text:
+        return "Yes." if truth is not None else "No, there is no person in this photo."
+    if truth is None:
+        truth = {}
+    if "yes or no" in text.lower():
+        description = re.search(r'"(.*)"', text).group(1)
         stated = parse(description).constraints
         clash = any(slot in truth and truth[slot] != value for slot, value in stated.items())
         return "No." if clash else "Yes."
     lines = []
     for n, question in re.findall(r"^(\d+)\. (.*?\?)", text, re.M):
-        value = truth.get(QUESTION_SLOT[question])
-        lines.append(f"{n}. {value.capitalize() if value else 'Not visible'}")
-    return "\n".join(lines)
-
-
-class FakeServer:
-    """``POST /v1/chat/completions`` and ``GET /v1/models`` on 127.0.0.1, in a background thread.
-
-    ``mode``: "annotations" (default), "garbage" (always "banana"), "sleep" (slower than the
-    client's timeout), "fail-once" (HTTP 500 to the first request, then normal answers).
-    """
-
-    def __init__(self, annotations: dict[str, dict], mode: str = "annotations", delay: float = 0.0):
-        self.annotations, self.mode, self.delay = annotations, mode, delay
-        self.requests: list[dict] = []
-        self.in_flight = self.max_in_flight = 0
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                if self.path.rstrip("/").endswith("/v1/models"):
-                    self._send(200, {"object": "list", "data": [
-                        {"id": "fake-vlm", "object": "model", "created": 0, "owned_by": "test"}]})
-                else:
-                    self._send(404, {"error": {"message": "not found"}})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if not self.path.endswith("/v1/chat/completions"):
-                    return self._send(404, {"error": {"message": "not found"}})
-                with server.lock:
-                    server.requests.append(body)
-                    first = len(server.requests) == 1
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    if server.delay:
-                        time.sleep(server.delay)
-                    if server.mode == "sleep":
-                        time.sleep(1.5)
-                    if server.mode == "fail-once" and first:
-                        return self._send(500, {"error": {"message": "the GPU caught fire", "type": "server_error"}})
-                    text = "banana" if server.mode == "garbage" else annotation_answer(body, server.annotations)
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-                self._send(200, {
-                    "id": f"chatcmpl-{len(server.requests)}", "object": "chat.completion",
-                    "created": int(time.time()), "model": body.get("model", "fake-vlm"),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
-                })
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.block_on_close = False  # a sleeping handler must not hold up teardown
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    @property
-    def chat_requests(self) -> int:
-        return len(self.requests)
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        if question in QUESTION_SLOT:  # ours: one slot, answer with its value
+            value = truth.get(QUESTION_SLOT[question])
+            lines.append(f"{n}. {value.capitalize() if value else 'Not visible'}")
+    for n, question in re.findall(r"^(\d+)\. (.*)$", text, re.M):
+        if question in ICL_QUESTION:  # icl: free text covering the question's slots, on one line
+            said = [phrase(s, truth[s], truth) for s in ICL_QUESTION[question] if s in truth]
+            lines.append(f"{n}. {' '.join(said) if said else 'I cannot see that.'}")
+    return ("\n" if lines and "Options" in text else " ").join(lines)
 
 
 @pytest.fixture
-def serve(by_hash):
-    """Start fake servers; all are shut down after the test."""
+def serve():
+    """Start vLLM-like servers answering from the annotations; all are shut down after the test."""
     servers = []
 
-    def start(mode: str = "annotations", delay: float = 0.0) -> FakeServer:
-        servers.append(FakeServer(by_hash, mode, delay))
-        return servers[-1]
+    def start(mode: str = "answer", **kw) -> QwenLikeServer:
+        server = QwenLikeServer(kw.pop("responder", annotation_answer), **kw)
+        server.mode = mode
+        servers.append(server)
+        return server
 
     yield start
     for s in servers:
@@ -194,22 +127,93 @@ def _openai(url: str, **kw):
 
 # -- parsing helpers ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("reply,expected", [
-    ("Yes.", True), ("no", False), ("YES, the description fits.", True), ("The answer is no", False),
-    ("**No**", False), ("<think>the coat looks red, so yes</think>\nNo.", False), ("Answer: yes", True),
-])
-def test_parse_yes_no(reply, expected):
-    assert parse_yes_no(reply) is expected
+# The yes/no rule (tools.mllm.chat.read_yes_no): the first decisive phrase wins; negated
+# affirmations are no, negated doubts are yes; uncertainty is unusable.
+YES_NO_TABLE = [
+    ("Yes.", "yes"), ("no", "no"), ("YES, the description fits.", "yes"), ("The answer is no", "no"),
+    ("**No**", "no"), ("<think>the coat looks red, so yes</think>\nNo.", "no"), ("Answer: yes", "yes"),
+    ("Not yes.", "no"), ("No doubt, yes!", "yes"), ("Yes, although the shoes are not visible.", "yes"),
+    ("I don't think so.", "no"), ("I do not think so", "no"), ("I think so.", "yes"), ("Absolutely not.", "no"),
+    ("Absolutely!", "yes"), ("Definitely not the same person.", "no"), ("Not really.", "no"),
+    ("Not at all.", "no"), ("No, the coat is blue.", "no"), ("Of course.", "yes"), ("Of course not.", "no"),
+    ("Correct.", "yes"), ("Incorrect.", "no"), ("True", "yes"), ("False", "no"), ("No way.", "no"),
+    ("Nope", "no"), ("Yep", "yes"), ("Yeah, that's her.", "yes"), ("Without a doubt.", "yes"),
+    ("It does not match the description.", "no"), ("It doesn't fit.", "no"), ("The description fits.", "yes"),
+    ("It matches.", "yes"), ("I wouldn't say so.", "no"), ("Never.", "no"), ("Unfortunately, no.", "no"),
+    ("Sure.", "yes"), ("That's right.", "yes"), ("The person is not wearing a red coat, so no.", "no"),
+    ("Not the person described.", "no"), ("Yes. There is no hat, but everything else fits.", "yes"),
+    ("There is no person in this image.", "no-person"), ("The image does not show a person.", "no-person"),
+    ("No. There is no person wearing red.", "no"),
+]
+
+
+@pytest.mark.parametrize("reply,expected", YES_NO_TABLE)
+def test_read_yes_no(reply, expected):
+    assert read_yes_no(reply) == expected
+    assert parse_yes_no(reply) is (expected == "yes")
 
 
 @pytest.mark.parametrize("reply,kind", [
     ("I can't help with that.", "refused"), ("I cannot", "refused"), ("banana", "unparseable"),
-    ("Hard to say from this angle.", "unparseable"),
+    ("Hard to say from this angle.", "unparseable"), ("Not sure.", "unparseable"), ("Maybe.", "unparseable"),
+    ("I can't tell from this photo.", "unparseable"), ("It is not clear.", "unparseable"),
+    ("Yes and no.", "unparseable"), ("I'm sorry, but I can't identify people.", "refused"),
 ])
 def test_parse_yes_no_failures(reply, kind):
     with pytest.raises(MLLMError) as e:
         parse_yes_no(reply)
     assert e.value.kind == kind
+
+
+@pytest.mark.parametrize("reply,expected", [
+    ("Yes.", True), ("yes", True), ("I would say YES", True), ("No.", False), ("Not yes.", True),
+    ("No doubt about it.", False), ("Her eyes are blue.", False), ("", False), ("Yesterday", False),
+])
+def test_contains_yes_is_icls_rule(reply, expected):
+    # ICL's rule counts the word, negations included ("Not yes." is a yes there, by design)
+    assert contains_yes(reply) is expected
+
+
+def test_split_numbered():
+    one_line = "1. The person is a woman. 2. Long black hair. 3. A red coat, size 2. 4. Not visible."
+    assert split_numbered(one_line, 4) == {1: "The person is a woman.", 2: "Long black hair.",
+                                           3: "A red coat, size 2.", 4: "Not visible."}
+    assert split_numbered("1) male\n2) short hair\n\n3) jeans", 3) == {1: "male", 2: "short hair", 3: "jeans"}
+    assert split_numbered("1. male 3. jeans", 3) == {1: "male", 3: "jeans"}  # a skipped number
+    assert split_numbered("A woman.", 1) == {1: "A woman."}
+    assert split_numbered("no numbers at all", 2) == {}
+
+
+def test_yes_probability():
+    ln = math.log
+    tokens = [("Yes", [("Yes", ln(0.6)), (" yes", ln(0.2)), ("No", ln(0.15)), ("no", ln(0.03)), ("The", ln(0.02))]),
+              (".", [(".", ln(0.9))])]
+    p, reading = yes_probability(tokens)
+    assert reading == "yes" and p == pytest.approx(0.8 / 0.98)
+    # the answer token may come after a preamble; byte-level markers and case are ignored
+    tokens = [("The", [("The", ln(0.9))]), ("Ġanswer", [("Ġanswer", ln(0.9))]), ("Ġis", [("Ġis", ln(0.9))]),
+              ("ĠNO", [("ĠNO", ln(0.7)), ("ĠYes", ln(0.1)), ("Ġno", ln(0.1))])]
+    p, reading = yes_probability(tokens)
+    assert reading == "no" and p == pytest.approx(0.1 / 0.9)
+    assert yes_probability([("Maybe", [("Maybe", ln(0.9)), ("Yes", ln(0.05))])]) is None
+    assert yes_probability([]) is None
+
+
+@pytest.mark.parametrize("slots,answer,values", [
+    (("backpack", "backpack_color", "bag", "bag_color"), "Yes, a black backpack.",
+     {"backpack": "backpack", "backpack_color": "black", "bag": None, "bag_color": None}),
+    (("backpack", "backpack_color", "bag", "bag_color"), "No.",
+     {"backpack": "none", "backpack_color": None, "bag": "none", "bag_color": None}),
+    (("backpack", "backpack_color", "bag", "bag_color"), "No, but she carries a black handbag.",
+     {"backpack": None, "backpack_color": None, "bag": "handbag", "bag_color": "black"}),
+    (("hair_length", "hair_color"), "Short black hair.", {"hair_length": "short", "hair_color": "black"}),
+    (("hat", "hat_color"), "I cannot see that.", {"hat": None, "hat_color": None}),
+    (("upper_type", "upper_color", "sleeve_length"), "A red T-shirt with short sleeves.",
+     {"upper_type": "t-shirt", "upper_color": "red", "sleeve_length": "short"}),
+    (("action",), "He is walking along the street.", {"action": "walking"}),
+])
+def test_group_values(slots, answer, values):
+    assert group_values(slots, answer) == values
 
 
 @pytest.mark.parametrize("slot,answer,value", [
@@ -241,17 +245,24 @@ def test_openai_verify_yes_no_counts_and_cache(serve, images):
     woman, man = images["red-woman"], images["blue-man"]
     yes = mllm.verify(woman, "A woman in a red coat with a backpack.")
     no = mllm.verify(man, "A woman in a red coat with a backpack.")
-    assert isinstance(yes, Verdict) and yes.match is True and yes.confidence == 1.0 and not yes.cached
+    assert isinstance(yes, Verdict) and yes.match is True and not yes.cached
     assert no.match is False
-    assert mllm.stats.calls["verify"] == 2 and server.chat_requests == 2
+    # the server's log-probabilities give each answer 0.8: p(yes) = 0.8 for the yes, 0.2 for the no
+    assert yes.confidence == pytest.approx(0.8) and no.confidence == pytest.approx(0.8)
+    assert yes.confidence_from == no.confidence_from == "logprobs" and "p(yes) 0.800" in yes.reason
+    # a yes is followed by one person-presence question; a no needs none
+    assert mllm.stats.calls["verify"] == 2 and server.count("verify") == 2
+    assert mllm.stats.calls["person"] == 1 and server.count("person") == 1
     again = mllm.verify(woman, "A woman in a red coat with a backpack.")
     assert again.match is True and again.cached
-    assert server.chat_requests == 2 and mllm.stats.cache_hits == 1 and mllm.stats.calls["verify"] == 2
-    # the request was a well-formed chat completion with the image as a data URI
-    body = server.requests[0]
+    assert server.chat_requests == 3 and mllm.stats.cache_hits == 1 and mllm.stats.calls["verify"] == 2
+    # the request was a well-formed chat completion with the image as a data URI, asking for logprobs
+    body = server.requests[0].body
     assert body["model"] == "fake-vlm" and body["temperature"] == 0
+    assert body["logprobs"] is True and body["top_logprobs"] == 5
     blocks = body["messages"][-1]["content"]
     assert [b["type"] for b in blocks] == ["image_url", "text"]
+    assert blocks[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
 
 
 def test_openai_ask_returns_annotated_values(serve, images):
@@ -262,12 +273,13 @@ def test_openai_ask_returns_annotated_values(serve, images):
     assert all(isinstance(a, Answer) for a in answers)
     assert {a.slot: a.value for a in answers} == {
         "gender": "female", "upper_color": "red", "hat": "none", "backpack": "backpack", "shoes_color": None}
-    assert server.chat_requests == 1 and mllm.stats.calls["ask"] == 1  # one call for all questions
+    # one person question, then one call for all questions
+    assert server.count("ask") == 1 and server.count("person") == 1 and mllm.stats.calls["ask"] == 1
     # the prompt listed the allowed values so the model answers in the vocabulary
-    prompt = server.requests[0]["messages"][-1]["content"][-1]["text"]
+    prompt = [r for r in server.requests if r.purpose == "ask"][0].text
     assert "1. Is the person a man or a woman? Options: male, female." in prompt
     again = mllm.ask(images["red-woman"], ["upper_color", "hat"])
-    assert [a.value for a in again] == ["red", "none"] and server.chat_requests == 1
+    assert [a.value for a in again] == ["red", "none"] and server.chat_requests == 2
     man = {a.slot: a.value for a in mllm.ask(images["blue-man"], ["upper_type", "hat", "backpack"])}
     assert man == {"upper_type": "t-shirt", "hat": "cap", "backpack": "none"}
 
@@ -279,41 +291,42 @@ def test_openai_merge_and_model_discovery(serve, images, monkeypatch):
     facts = [Answer("hat", "cap"), Answer("hat_color", "black"), Answer("shoes_color", None)]
     merged = mllm.merge("a man in a blue t-shirt", facts)
     assert merged.startswith("a man in a blue t-shirt") and "black cap" in merged
-    assert mllm.model == "fake-vlm" and mllm.stats.calls["merge"] == 1
-    assert isinstance(server.requests[0]["messages"][-1]["content"], str)  # text only, no image
+    assert mllm.model == "Qwen/Qwen2-VL-7B-Instruct" and server.model_requests == 1
+    assert mllm.stats.calls["merge"] == 1
+    assert isinstance(server.requests[0].body["messages"][-1]["content"], str)  # text only, no image
     # over the budget: the grammar merge within it
     short = mllm.merge("a man in a blue t-shirt", facts, budget=12, count_tokens=lambda t: len(t.split()))
     assert len(short.split()) <= 12 and short.startswith("a man in a blue t-shirt")
 
 
 def test_openai_verify_many_is_concurrent(serve, images):
-    server = serve(delay=0.2)
+    server = serve("slow", delay=0.2)
     mllm = _openai(server.url, max_concurrency=3)
     texts = ["a woman", "a man", "a red coat", "a blue t-shirt", "a cap", "a backpack"]
     pairs = [(images["red-woman"], t) for t in texts]
-    t0 = time.perf_counter()
     verdicts = mllm.verify_many(pairs)
-    elapsed = time.perf_counter() - t0
     assert [v.match for v in verdicts] == [True, False, True, False, False, True]
     assert 2 <= server.max_in_flight <= 3
-    assert elapsed < 6 * 0.2  # sequential would take at least 1.2 s
-    assert mllm.stats.calls["verify"] == 6
-    assert all(v.cached for v in mllm.verify_many(pairs[:2])) and server.chat_requests == 6
+    assert mllm.stats.calls["verify"] == 6 and server.count("verify") == 6
+    assert server.count("person") == 1  # asked once for the photo, though three yes came at once
+    assert all(v.cached for v in mllm.verify_many(pairs[:2])) and server.count("verify") == 6
     repeated = mllm.verify_many([(images["blue-man"], "a man in a cap")] * 3)  # asked once, not three times
-    assert [v.match for v in repeated] == [True] * 3 and server.chat_requests == 7
+    assert [v.match for v in repeated] == [True] * 3 and server.count("verify") == 7
 
 
 def test_openai_timeout(serve, images):
-    server = serve("sleep")
+    server = serve("slow", delay=3.0)
     mllm = _openai(server.url, timeout=0.5, max_retries=0)
     with pytest.raises(MLLMError) as e:
         mllm.verify(images["red-woman"], "a woman")
     assert e.value.kind == "timeout"
-    assert mllm.stats.failures == 1 and mllm.stats.calls["verify"] == 1
+    # a failed call is a failure, not a call
+    assert mllm.stats.failures == 1 and mllm.stats.calls["verify"] == 0
+    assert mllm.stats.failures_by_kind == {"timeout": 1}
 
 
 def test_openai_garbage_is_unparseable(serve, images):
-    mllm = _openai(serve("garbage").url)
+    mllm = _openai(serve(responder=lambda body, ims: "banana").url)
     with pytest.raises(MLLMError) as e:
         mllm.verify(images["red-woman"], "a woman")
     assert e.value.kind == "unparseable"
@@ -325,17 +338,20 @@ def test_openai_garbage_is_unparseable(serve, images):
 
 
 def test_openai_retries_server_error(serve, images):
-    server = serve("fail-once")
+    server = serve()
+    server.queue("error")
     mllm = _openai(server.url, max_retries=2)
     assert mllm.verify(images["red-woman"], "a woman in a red coat").match is True
-    assert server.chat_requests == 2  # the 500, then the retry
+    assert server.count("verify") == 2  # the 500, then the retry
 
 
 def test_openai_server_error_without_retries(serve, images):
-    mllm = _openai(serve("fail-once").url, max_retries=0)
+    server = serve("error")
+    mllm = _openai(server.url, max_retries=0)
     with pytest.raises(MLLMError) as e:
         mllm.verify(images["red-woman"], "a woman")
-    assert e.value.kind == "error" and "500" in str(e.value)
+    assert e.value.kind == "error" and "500" in str(e.value) and "the GPU caught fire" in str(e.value)
+    assert mllm.unavailable is None  # the server answered: the breaker stays closed
 
 
 def test_openai_unreachable(images):
@@ -386,10 +402,11 @@ def test_langchain_verify_and_image_block(images):
     from langchain_core.messages import HumanMessage, SystemMessage
     from tools.mllm.langchain_backend import LangChainMLLM
 
-    model = _recording_model(["Yes", "No."])
+    model = _recording_model(["Yes", "Yes", "No."])  # verify, the person question after a yes, verify
     mllm = LangChainMLLM(model)
     assert mllm.verify(images["red-woman"], "a woman in a red coat").match is True
     assert mllm.verify(images["blue-man"], "a woman in a red coat").match is False
+    assert len(model.seen) == 3 and "show a person" in model.seen[1][-1].content[-1]["text"]
     system, human = model.seen[0]
     assert isinstance(system, SystemMessage) and isinstance(human, HumanMessage)
     kinds = [b["type"] for b in human.content]
@@ -402,7 +419,7 @@ def test_langchain_verify_and_image_block(images):
 def test_langchain_ask_maps_numbered_lines(images):
     from tools.mllm.langchain_backend import LangChainMLLM
 
-    mllm = LangChainMLLM(_recording_model(["1. Female\n2. dark red\n3. no\n4. I can't tell"]))
+    mllm = LangChainMLLM(_recording_model(["Yes.", "1. Female\n2. dark red\n3. no\n4. I can't tell"]))
     answers = mllm.ask(images["red-woman"], ["gender", "upper_color", "hat", "shoes_type"])
     assert [a.value for a in answers] == ["female", "red", "none", None]
     assert answers[1].text == "dark red"
@@ -414,7 +431,7 @@ def test_langchain_list_content_reply(images):
     from tools.mllm.langchain_backend import LangChainMLLM
 
     reply = AIMessage(content=[{"type": "text", "text": "The answer is "}, {"type": "text", "text": "yes."}])
-    mllm = LangChainMLLM(GenericFakeChatModel(messages=iter([reply])))
+    mllm = LangChainMLLM(GenericFakeChatModel(messages=iter([reply, AIMessage(content="Yes")])))
     assert mllm.verify(images["red-woman"], "a woman").match is True
 
 
@@ -515,8 +532,9 @@ def test_transformers_random_model_runs_on_image(tiny_vlm_dir, images):
             assert isinstance(result, Verdict) or all(isinstance(a, Answer) for a in result)
         except MLLMError as e:
             assert e.kind == "unparseable"
-    assert len(calls) == 2 and all(shape[0] > 0 for shape in calls)  # one image through the tower per call
-    assert mllm.stats.calls["verify"] == 1 and mllm.stats.calls["ask"] == 1
+    # one image through the tower per request (verify, ask, and a person question when a yes came)
+    requests = mllm.stats.total_calls + mllm.stats.failures
+    assert len(calls) == requests and 2 <= requests <= 3 and all(shape[0] > 0 for shape in calls)
 
 
 def test_transformers_rigged_model_says_yes(tiny_vlm_dir, images):
@@ -529,8 +547,39 @@ def test_transformers_rigged_model_says_yes(tiny_vlm_dir, images):
     calls = _vision_calls(mllm)
     verdict = mllm.verify(images["blue-man"], "a man in a blue t-shirt")
     assert verdict.match is True and verdict.reason.startswith("yes")
+    # all logits equal: "yes" and "no" (one token each in this vocabulary) are equally likely
+    assert verdict.confidence == pytest.approx(0.5) and verdict.confidence_from == "logprobs"
     assert [a.value for a in mllm.ask(images["blue-man"], ["backpack"])] == ["backpack"]  # "yes" -> present
-    assert len(calls) == 2
+    assert len(calls) == 3  # verify, the person question after its yes (cached for ask), ask
+
+
+def test_transformers_generation_stops_at_the_deadline(tiny_vlm_dir, images):
+    from tools.mllm.base import dialogue_deadline
+    from tools.mllm.transformers_backend import TransformersMLLM
+
+    mllm = TransformersMLLM(tiny_vlm_dir, max_new_tokens=3, timeout=7.0)
+    seen: list[dict] = []
+    generate = mllm.model.generate
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs)
+        return generate(*args, **kwargs)
+
+    mllm.model.generate = recording
+    for text in ("a woman", "a man"):
+        try:
+            mllm.verify(images["red-woman"], text)
+        except MLLMError as e:
+            assert e.kind == "unparseable"
+    with dialogue_deadline(2.0):
+        try:
+            mllm.verify(images["blue-man"], "a man")
+        except MLLMError as e:
+            assert e.kind == "unparseable"
+    assert 0 < seen[0]["max_time"] <= 7.0 and 0 < seen[-1]["max_time"] <= 2.0  # transformers' MaxTimeCriteria
+    with dialogue_deadline(0.0), pytest.raises(MLLMError) as e:
+        mllm.verify(images["blue-man"], "a person")
+    assert e.value.kind == "deadline"
 
 
 def test_transformers_missing_or_bad_folder(tmp_path):

@@ -2,20 +2,39 @@
 
 >>> mllm = make_mllm("offline")            # the default: runs here, no download
 >>> mllm = make_mllm("openai", base_url="http://localhost:8000/v1", model="Qwen/Qwen2-VL-7B-Instruct")  # doctest: +SKIP
+>>> mllm = make_mllm("openai", protocol="icl", timeout=30)  # ICL's protocol; 30 s per call  # doctest: +SKIP
+
+The chat backends (``openai``, ``transformers``, and ``langchain`` from code) talk by a protocol
+preset (``tools.mllm.protocols``: ``ours``, ``icl``, or a JSON file).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .base import MLLM, Answer, ImageRef, MLLMError, Verdict
+from .base import (MLLM, Answer, CallStats, Deadline, ImageRef, MLLMError, Verdict, current_deadline,
+                   dialogue_deadline)
 
 BACKENDS = ("offline", "openai", "transformers", "oracle")
+#: backends that talk by a chat protocol (``protocol=`` applies)
+CHAT_BACKENDS = ("openai", "transformers", "langchain")
 
 
-def make_mllm(kind: str = "offline", **options: Any) -> MLLM:
+def make_mllm(kind: str = "offline", protocol: Any = None, **options: Any) -> MLLM:
     """Build a backend by name. ``langchain`` takes a chat model object: use
-    ``tools.mllm.langchain_backend.LangChainMLLM(chat_model)`` directly."""
+    ``tools.mllm.langchain_backend.LangChainMLLM(chat_model)`` directly.
+
+    ``protocol`` (a preset name, a JSON file path or a ``Protocol``) is for the chat backends; the
+    offline and oracle backends have no prompts and accept only ``None`` or ``"ours"``. Raises
+    ``ValueError`` for an unknown backend or protocol (a ``ProtocolError`` naming the bad field).
+    """
+    if kind in ("openai", "transformers"):
+        from .protocols import load_protocol
+
+        options["protocol"] = load_protocol(protocol)  # a bad name or file fails here, before any model loads
+    elif protocol not in (None, "ours"):
+        raise ValueError(f"the {kind} MLLM has no prompts: a protocol ({protocol}) applies only to the chat "
+                         f"backends ({', '.join(CHAT_BACKENDS)})")
     if kind == "offline":
         from .offline import OfflineMLLM
 
@@ -35,4 +54,5 @@ def make_mllm(kind: str = "offline", **options: Any) -> MLLM:
     raise ValueError(f"unknown MLLM backend {kind!r} (choose from: {', '.join(BACKENDS)}, or langchain from code)")
 
 
-__all__ = ["BACKENDS", "MLLM", "Answer", "ImageRef", "MLLMError", "Verdict", "make_mllm"]
+__all__ = ["BACKENDS", "CHAT_BACKENDS", "MLLM", "Answer", "CallStats", "Deadline", "ImageRef", "MLLMError", "Verdict",
+           "current_deadline", "dialogue_deadline", "make_mllm"]

@@ -9,26 +9,48 @@
 
 Every backend call is counted and timed (``stats``), and verify/ask answers are cached by
 (backend, image id, question), so asking again about the same photo costs nothing. Failures
-(timeouts, refusals, unparseable answers) raise :class:`MLLMError`; callers skip that step.
+(timeouts, refusals, unparseable answers) raise :class:`MLLMError`; callers skip that step. A
+failed call counts as a failure (``stats.failures``, by kind), never as a call.
+
+Deadlines: ``with dialogue_deadline(seconds):`` (or ``mllm.deadline(seconds)``) bounds every MLLM
+call made in that context (that thread or task, and the threads and tasks it starts with a copy of
+its context: LangGraph's node executors, :meth:`ChatMLLM.verify_many`). Concurrent dialogues each
+set their own; a call made after the time is spent fails at once with kind ``deadline``; a call
+in flight is cut at the deadline by backends that can cut it (the chat backends).
 """
 
 from __future__ import annotations
 
+import contextvars
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from tools.attributes import NONE, SLOTS, phrase
+from tools.text import printable
 
 
 class MLLMError(RuntimeError):
-    """A backend call failed (timeout, refusal, unparseable answer). ``kind`` says which."""
+    """A backend call failed; the caller skips that step. ``kind`` says why:
+
+    ``timeout`` (no complete answer within the call's deadline), ``deadline`` (the dialogue's MLLM
+    time is spent), ``unreachable`` (no connection), ``unavailable`` (not tried: the circuit breaker
+    is open after an earlier ``unreachable``/``timeout``), ``rejected-image`` (the server refused
+    this photo; it is not sent again), ``bad-image`` (the photo cannot be read or encoded),
+    ``bad-reply`` (the server's body is not a usable chat completion), ``unparseable``, ``refused``,
+    ``load`` (a local model cannot be loaded), ``error`` (anything else).
+
+    The message is one line with control characters and escape sequences removed (it may quote
+    the server).
+    """
 
     def __init__(self, message: str, kind: str = "error"):
-        super().__init__(message)
+        super().__init__(printable(message, max_len=600))
         self.kind = kind
 
 
@@ -44,22 +66,36 @@ class ImageRef:
 class Verdict:
     """A verification answer. ``match`` is None when the backend abstains: it has no evidence either
     way (nothing in the description it can check, or no person in the photo); callers treat an
-    abstention as no verdict, never as a yes or a no."""
+    abstention as no verdict, never as a yes or a no.
+
+    ``confidence`` is the probability of the verdict as given (p(yes) for a yes, 1 - p(yes) for a
+    no); ``confidence_from`` says where it comes from: ``logprobs`` (the server's token
+    log-probabilities), ``fixed`` (a chat reply without them: 1.0), ``model`` (the backend's own
+    calibrated probability), or ``""`` (not stated).
+    """
 
     match: bool | None
     confidence: float
     reason: str = ""
     cached: bool = False
+    confidence_from: str = ""
 
 
 @dataclass
 class Answer:
-    """The answer to one slot's question. ``value`` is None when the backend cannot tell."""
+    """The answer to one slot's question. ``value`` is None when the backend cannot tell.
+
+    ``text`` is what the backend said (free text, control characters removed) and ``question`` the
+    question it answered, when the protocol asks open questions that cover several slots (the
+    ``icl`` protocol: those slots share one ``text``); a merge may use the text rather than the
+    value.
+    """
 
     slot: str
     value: str | None
     confidence: float = 1.0
     text: str = ""
+    question: str = ""
 
     def sentence(self, context: dict | None = None) -> str:
         if self.value is None:
@@ -70,14 +106,21 @@ class Answer:
         return asdict(self)
 
 
+CALL_KINDS = ("verify", "ask", "merge", "person")
+
+
 @dataclass
 class CallStats:
-    """Backend calls by kind, their total milliseconds, and cache hits."""
+    """Completed backend calls by kind and their milliseconds; failed calls by error kind and
+    their milliseconds; cache hits. A failed call is a failure, not a call. ``person`` counts the
+    person-presence questions of protocols that ask them."""
 
-    calls: dict[str, int] = field(default_factory=lambda: {"verify": 0, "ask": 0, "merge": 0})
-    ms: dict[str, float] = field(default_factory=lambda: {"verify": 0.0, "ask": 0.0, "merge": 0.0})
+    calls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CALL_KINDS, 0))
+    ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CALL_KINDS, 0.0))
     cache_hits: int = 0
     failures: int = 0
+    failures_by_kind: dict[str, int] = field(default_factory=dict)
+    failed_ms: float = 0.0
 
     @property
     def total_calls(self) -> int:
@@ -85,7 +128,73 @@ class CallStats:
 
     def snapshot(self) -> dict:
         return {"calls": dict(self.calls), "ms": {k: round(v, 2) for k, v in self.ms.items()},
-                "cache_hits": self.cache_hits, "failures": self.failures, "total_calls": self.total_calls}
+                "cache_hits": self.cache_hits, "failures": self.failures,
+                "failures_by_kind": dict(self.failures_by_kind), "failed_ms": round(self.failed_ms, 2),
+                "total_calls": self.total_calls}
+
+
+class Deadline:
+    """A point in time (``time.monotonic``) by which MLLM work must end.
+
+    >>> d = Deadline(30.0)
+    >>> 29.0 < d.remaining() <= 30.0 and not d.expired
+    True
+    """
+
+    def __init__(self, seconds: float, what: str = "the dialogue"):
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"a deadline needs a finite number of seconds >= 0, not {seconds!r}")
+        self.seconds = float(seconds)
+        self.what = what
+        self.at = time.monotonic() + self.seconds
+
+    def remaining(self) -> float:
+        """Seconds left (negative once passed)."""
+        return self.at - time.monotonic()
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+    def error(self) -> "MLLMError":
+        return MLLMError(f"{self.what}'s MLLM time ({self.seconds:g} s) is spent", kind="deadline")
+
+    def __repr__(self) -> str:
+        return f"Deadline({self.seconds:g} s, {self.remaining():.2f} s left)"
+
+
+_DEADLINE: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar("thi_mllm_deadline", default=None)
+
+
+@contextmanager
+def dialogue_deadline(seconds: "float | Deadline | None", what: str = "the dialogue") -> Iterator[Deadline | None]:
+    """Bound every MLLM call made inside the ``with`` block (in this context) to ``seconds`` in all.
+
+    A :class:`Deadline` may be given instead of seconds, to carry one dialogue's bound across
+    several blocks (a dialogue resumed after a human's answer). ``None`` sets no new bound. Nested
+    blocks keep the earlier of the two deadlines. The bound
+    belongs to the current context (thread or asyncio task, and the copies of its context that
+    LangGraph and :meth:`ChatMLLM.verify_many` hand to their worker threads), so concurrent
+    dialogues on one backend each have their own.
+
+    >>> with dialogue_deadline(60) as d:  # doctest: +SKIP
+    ...     graph.invoke({"query": q}, context=ctx)
+    """
+    if seconds is None:
+        yield _DEADLINE.get()
+        return
+    new = seconds if isinstance(seconds, Deadline) else Deadline(seconds, what)
+    outer = _DEADLINE.get()
+    token = _DEADLINE.set(outer if outer is not None and outer.at <= new.at else new)
+    try:
+        yield _DEADLINE.get()
+    finally:
+        _DEADLINE.reset(token)
+
+
+def current_deadline() -> Deadline | None:
+    """The dialogue deadline of the current context, if any."""
+    return _DEADLINE.get()
 
 
 def facts_context(facts: dict[str, str]) -> dict[str, str]:
@@ -99,6 +208,8 @@ class MLLM(ABC):
     name: str = "mllm"
     #: True for backends that read ground truth (simulation only).
     is_oracle: bool = False
+    #: the chat protocol (:class:`tools.mllm.protocols.Protocol`); None for backends without prompts
+    protocol = None
 
     def __init__(self, cache: bool = True):
         self.stats = CallStats()
@@ -110,6 +221,30 @@ class MLLM(ABC):
         """What decides this backend's answers (name, plus model and weights where known): a resumed
         offline job (RDA) refuses to mix answers from two different fingerprints."""
         return self.name
+
+    @property
+    def unavailable(self) -> MLLMError | None:
+        """The error that made this backend stop trying (its circuit breaker is open), or None.
+
+        A CLI checks it after a run: when set, the server could not be used at all, and the run
+        should end with that error in one line and a non-zero exit."""
+        return None
+
+    def preflight(self) -> None:
+        """Check, before a run, that the backend can answer at all (a server: reachable, serving the
+        model); raise :class:`MLLMError` in one line when it cannot. Backends without a server
+        have nothing to check."""
+
+    def image_sent(self, image_id: str) -> dict | None:
+        """What was last sent for this photo (``{"width", "height", "bytes", "original",
+        "quality"}``), or None (not sent, or a backend that sends no images)."""
+        return None
+
+    @staticmethod
+    def deadline(seconds: "float | Deadline | None", what: str = "the dialogue"):
+        """:func:`dialogue_deadline`: ``with mllm.deadline(60): ...`` bounds the MLLM calls of one
+        dialogue (every backend's, in this context)."""
+        return dialogue_deadline(seconds, what)
 
     # -- the interface ---------------------------------------------------------------------
 
@@ -137,9 +272,13 @@ class MLLM(ABC):
         if missing:
             fresh = self._timed("ask", self._ask, image, missing)
             for a in fresh:
+                if a.slot not in SLOTS:
+                    continue
+                # an open question may answer slots not asked for (the icl protocol's grouped
+                # questions): keep them for later, return what was asked
+                self._put((self.name, image.id, "ask", a.slot), a)
                 if a.slot in missing:
                     answers[a.slot] = a
-                    self._put((self.name, image.id, "ask", a.slot), a)
             for s in missing:  # the backend skipped a question: it cannot tell
                 answers.setdefault(s, Answer(s, None, 0.0, ""))
         return [answers[s] for s in slots]
@@ -168,17 +307,24 @@ class MLLM(ABC):
     # -- plumbing ---------------------------------------------------------------------------
 
     def _timed(self, kind: str, fn, *args):
+        """Run one call: counted and timed as a call when it returns, as a failure (by error kind)
+        when it raises :class:`MLLMError`. Fails at once when the dialogue deadline has passed."""
         t0 = time.perf_counter()
         try:
-            return fn(*args)
-        except MLLMError:
+            deadline = _DEADLINE.get()
+            if deadline is not None and deadline.expired:
+                raise deadline.error()
+            result = fn(*args)
+        except MLLMError as e:
             with self._lock:
                 self.stats.failures += 1
+                self.stats.failures_by_kind[e.kind] = self.stats.failures_by_kind.get(e.kind, 0) + 1
+                self.stats.failed_ms += (time.perf_counter() - t0) * 1000
             raise
-        finally:
-            with self._lock:
-                self.stats.calls[kind] += 1
-                self.stats.ms[kind] += (time.perf_counter() - t0) * 1000
+        with self._lock:
+            self.stats.calls[kind] = self.stats.calls.get(kind, 0) + 1
+            self.stats.ms[kind] = self.stats.ms.get(kind, 0.0) + (time.perf_counter() - t0) * 1000
+        return result
 
     def _get(self, key: tuple):
         if self._cache is None:
