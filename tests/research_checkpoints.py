@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     size = dict(vision_width=768, vision_layers=12, text_width=512, text_layers=12, embed_dim=512, tse_dim=1024) \
         if args.full else {}
     for fmt in args.formats:
-        path = make_checkpoint(args.out / fmt / "best.pth", fmt, seed=args.seed, **size)
+        path = make_checkpoint(args.out / fmt / "best.pth", fmt, seed=args.seed + FORMATS.index(fmt), **size)
         print(f"{fmt}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -541,7 +541,7 @@ class Embedder:
         mean = "OpenAI mean/std" if tuple(self.mean) == tuple(round(x, 8) for x in OPENAI_MEAN) or \
             np.allclose(self.mean, OPENAI_MEAN) else f"mean {i['mean']}, std {i['std']}"
         tse = f"TSE heads: yes (ratio {i['tse_ratio']})" if i["tse"] else "TSE heads: no"
-        src = f" from {Path(i['source']).name}" if i["source"] and self.loaded.format != "shipped" else ""
+        src = f" {i['source']}" if i["source"] and self.loaded.format != "shipped" else ""
         return (f"model {i['model']} ({FORMAT_NAMES.get(i['format'], i['format'])}{src}): {i['activation']}, input "
                 f"{self.image_size[0]}x{self.image_size[1]} squashed ({self.resample}, {mean}), text context "
                 f"{self.context_length}, {tse}")
@@ -655,12 +655,74 @@ class Embedder:
                 out[i:i + bs] = got
         return (out, tse_out) if with_tse else out
 
+    def text_features(self, texts: Sequence[str], progress: bool | None = None) -> dict[str, np.ndarray]:
+        """``{"bge": [N, D]}``, plus ``"tse": [N, E]`` where the model has TSE heads; L2-normalised."""
+        if self.has_tse:
+            bge, tse = self.encode_texts(texts, progress=progress, with_tse=True)
+            return {"bge": bge, "tse": tse}
+        return {"bge": self.encode_texts(texts, progress=progress)}
+
+    def image_features(self, images: Sequence[ImageInput], progress: bool | None = None) -> dict[str, np.ndarray]:
+        """``{"bge": [N, D]}``, plus ``"tse": [N, E]`` where the model has TSE heads; L2-normalised."""
+        if self.has_tse:
+            bge, tse = self.encode_images(images, progress=progress, with_tse=True)
+            return {"bge": bge, "tse": tse}
+        return {"bge": self.encode_images(images, progress=progress)}
+
+    def resolve_score(self, score: str | None) -> str:
+        """``score`` checked against what this model offers; None means :attr:`default_score`.
+
+        Raises:
+            EmbedderError: ``tse`` or ``fused`` asked of a model without TSE heads, or an unknown name.
+        """
+        from .tse import SCORES
+
+        if score in (None, "auto"):
+            return self.default_score
+        if score not in SCORES:
+            raise EmbedderError(f"unknown score {score!r} (choose from: {', '.join(SCORES)})")
+        if score != "bge" and not self.has_tse:
+            raise EmbedderError(f"score {score} needs TSE heads, which model {self.name} lacks (only RDE / ICL "
+                                f"checkpoints have them); use --score bge")
+        return score
+
     def __call__(self, texts: Iterable[str]) -> np.ndarray:
         return self.encode_texts(list(texts))
 
     def __repr__(self) -> str:
         return (f"Embedder({self.name!r}, dim={self.dim}, image_size={self.image_size}, "
                 f"context={self.context_length}, device={self.device}, tse={self.has_tse})")
+
+
+def add_model_arguments(parser, image_size: bool = True, score: bool = True) -> None:
+    """The model flags every CLI shares: ``--model``, ``--pretrained``, ``--image-size H W``,
+    ``--random-weights``, ``--device`` and (``score``) ``--score``."""
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="shipped model name, open_clip architecture (e.g. ViT-B-16-quickgelu) or local-dir:PATH "
+                             "(default %(default)s; with --pretrained BEST.PTH of IRRA/RDE/ICL and no --model, the "
+                             "architecture is read from the file)")
+    parser.add_argument("--pretrained", metavar="TAG_OR_FILE",
+                        help="weights: an open_clip tag (cached) or file, or an IRRA / RDE / ICL best.pth (format, "
+                             "activation, input size, resize filter and text context are read from it)")
+    if image_size:
+        parser.add_argument("--image-size", nargs=2, type=int, metavar=("H", "W"),
+                            help="input height and width (default: the model's; 384 128 for ViT-B-16 and "
+                                 "research checkpoints)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="run an architecture that has no weights on random weights (pipeline tests only)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
+    if score:
+        parser.add_argument("--score", choices=("bge", "tse", "fused"),
+                            help="similarity to rank by: bge (CLS / end-of-text embeddings), tse (token-selection "
+                                 "embeddings) or fused ((bge + tse) / 2, RDE's and ICL's score); default fused "
+                                 "where the checkpoint has TSE heads, else bge")
+
+
+def embedder_from_args(args, **kwargs) -> "Embedder":
+    """An :class:`Embedder` from the flags of :func:`add_model_arguments`."""
+    size = getattr(args, "image_size", None)
+    return Embedder(args.model, args.pretrained, device=args.device, image_size=tuple(size) if size else None,
+                    allow_random=getattr(args, "random_weights", False), **kwargs)
 
 
 def default_home() -> Path:
