@@ -6,11 +6,23 @@ open_clip architecture with a ``pretrained`` tag or checkpoint file, or a folder
 the layout ``train/`` writes). Images are resized by squashing to the model's input size (no centre
 crop: a pedestrian crop keeps head and feet); features are L2-normalised float32 numpy arrays.
 
+A ``best.pth`` of IRRA, RDE or ICL given as ``pretrained`` is recognised by its keys and loaded as
+the authors ran it (:mod:`tools.checkpoints`): the architecture read from its tensor shapes,
+QuickGELU, a 384x128 squash with PIL's bilinear filter and OpenAI's mean/std, the checkpoint's own
+text context (77 or 168). Where it has TSE heads (RDE, ICL), ``with_tse=True`` also returns the
+token-selection embeddings and :attr:`Embedder.default_score` is ``fused`` (:mod:`tools.tse`).
+:meth:`Embedder.describe` says in one line what was loaded; every CLI prints it.
+
+A model name without weights (``--model RN50`` and no ``--pretrained``) is refused unless random
+weights are allowed explicitly, and then runs with one loud warning.
+
 >>> emb = Embedder()                                   # the default shipped model, CPU
 >>> img = emb.encode_images(["a.jpg", "b.jpg"])        # doctest: +SKIP
 >>> txt = emb.encode_texts(["a woman in a red coat"])
 >>> txt.shape[1] == emb.dim
 True
+>>> rde = Embedder(pretrained="best.pth")              # doctest: +SKIP
+>>> bge, tse = rde.encode_texts(["a woman in a red coat"], with_tse=True)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -22,12 +34,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Iterable, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from .checkpoints import Checkpoint
 
 log = logging.getLogger(__name__)
 

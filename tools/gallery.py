@@ -60,7 +60,7 @@ def check_scope(embedder: Embedder, source_format: str | None, what: str) -> boo
     kind = "a folder of images" if source_format == "folder" else f"a {source_format} dataset"
     log.warning("model %s was trained on SynthPedes renders only (synthetic people), and %s is %s: its rankings "
                 "of real photos mean little; load a real checkpoint, e.g. --pretrained best.pth (an IRRA, RDE or "
-                "ICL checkpoint) or --model ViT-B-16 --pretrained TAG_OR_FILE", embedder.name, what, kind)
+                "ICL checkpoint) or --model ViT-B-16-quickgelu --pretrained TAG_OR_FILE", embedder.name, what, kind)
     return True
 
 
