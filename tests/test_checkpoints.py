@@ -47,7 +47,7 @@ TEXTS = ["a man in a red coat", "a woman with a black backpack and white shoes",
 class Reference:
     """CLIP ViT + RDE's TSE computed from a best.pth's tensors, nothing else."""
 
-    def __init__(self, path, context: int | None = None, ratio: float = RATIO):
+    def __init__(self, path, context: int | None = None, ratio: float = RATIO, size: tuple[int, int] = SIZE):
         raw = torch.load(path, map_location="cpu", weights_only=False)["model"]
         raw = {k[len("module."):] if k.startswith("module.") else k: v for k, v in raw.items()}
         self.sd = {k[len("base_model."):]: v.float() if v.is_floating_point() else v
@@ -56,6 +56,8 @@ class Reference:
                       if not k.startswith("base_model.")}
         self.context = context or self.sd["positional_embedding"].shape[0]
         self.ratio = ratio
+        self.size = size
+        self.patch = self.sd["visual.conv1.weight"].shape[-1]
         from open_clip.tokenizer import SimpleTokenizer
 
         self.bpe = SimpleTokenizer()  # only its BPE ``encode``: the vocabulary is CLIP's
@@ -110,8 +112,8 @@ class Reference:
 
     def image(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         sd = self.sd
-        x = torch.stack([self.pixels(im) for im in images])
-        x = F.conv2d(x, sd["visual.conv1.weight"], stride=PATCH).flatten(2).transpose(1, 2)
+        x = torch.stack([self.pixels(im, self.size) for im in images])
+        x = F.conv2d(x, sd["visual.conv1.weight"], stride=self.patch).flatten(2).transpose(1, 2)
         cls = sd["visual.class_embedding"].expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + sd["visual.positional_embedding"]
         width = x.shape[-1]
