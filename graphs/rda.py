@@ -10,6 +10,11 @@ enrich -> decompose -> paraphrase -> write -> (next batch | END)
   dataset's own records with ``diversity_captions`` added (one entry per caption: a list of
   sub-sentences, each a list of paraphrases), so ICL's data and ours are interchangeable.
 
+The output loads in ICL's own loader too, which reads ``diversity_captions`` on every train record
+and ``val_diversity_captions`` on every other record (one entry per caption): records that were not
+augmented (other splits, skipped ones, those beyond ``--limit``) carry their captions there as plain
+strings, which ICL's loader and ours both take as the caption itself.
+
 Killed and re-run, it continues from the journal and the final file equals an uninterrupted run's
 (every record's randomness is seeded by its index).
 
@@ -36,7 +41,8 @@ from langgraph.runtime import Runtime
 from tqdm import tqdm
 from typing_extensions import TypedDict
 
-from data.readers import FORMATS, FORMAT_NAMES, DatasetError, detect_format, load_json_list
+from data.readers import FORMATS, FORMAT_NAMES, MISSING_EXAMPLES, DatasetError, annotation_path, detect_format, \
+    load_json_list
 from tools.attributes import COLOR_PARENT, IDENTITY_SLOTS
 from tools.mllm import MLLM, MLLMError, make_mllm
 from tools.mllm.base import ImageRef
@@ -192,7 +198,7 @@ def build_graph():
 
 def _raw_records(root: Path, fmt: str) -> tuple[list[Any], Path, str]:
     spec = FORMATS[fmt]
-    return load_json_list(root / spec["annotation"]), (root / spec["images"]).resolve(), spec["path_field"]
+    return load_json_list(annotation_path(root, fmt)), (root / spec["images"]).resolve(), spec["path_field"]
 
 
 def _work_items(raw: list[Any], image_root: Path, path_field: str,
@@ -200,7 +206,7 @@ def _work_items(raw: list[Any], image_root: Path, path_field: str,
     items = []
     for i, rec in enumerate(raw):
         if split and isinstance(rec, dict) and rec.get("split", split) != split:
-            continue  # only training captions are augmented; other splits are written back unchanged
+            continue  # only training captions are augmented; other splits are written back with their captions
         item: RDAItem = {"index": i}
         if not isinstance(rec, dict):
             item["skipped"] = "not a record"
@@ -258,10 +264,35 @@ def quality(raw: list[Any], journal: dict[int, dict], annotations: dict | None, 
     return out
 
 
+def with_diversity(rec: Any, entry: dict | None) -> Any:
+    """A record as written: its own fields, plus ``diversity_captions`` (train records, and any record
+    augmented) and ``val_diversity_captions`` (records of other splits), one entry per caption; a
+    caption that was not augmented stands as a plain string (ICL's loader reads both fields so)."""
+    if not isinstance(rec, dict):
+        return rec
+    captions = rec.get("captions")
+    plain = [c if isinstance(c, str) else "" for c in captions] if isinstance(captions, list) else []
+    div = entry.get("diversity_captions") if entry else None
+    out = dict(rec)
+    if rec.get("split", "train") == "train":
+        out["diversity_captions"] = div if div is not None else plain
+    else:
+        if div is not None:
+            out["diversity_captions"] = div
+        out["val_diversity_captions"] = div if div is not None else plain
+    return out
+
+
 def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto", m: int = 5, workers: int = 1,
             limit: int | None = None, seed: int = 0, batch_size: int = 64, progress: bool = True,
             paraphraser: Callable[..., list[str]] = rule_paraphrases, split: str | None = "train",
-            min_confidence: float = 0.9, restart: bool = False) -> dict:
+            min_confidence: float = 0.9, restart: bool = False, skip_missing: bool = False) -> dict:
+    """Augment ``root``'s ``split`` captions and write the annotation file ``out`` (see the module doc).
+
+    Raises:
+        DatasetError: unreadable annotations, or image files of the selected records missing
+            (unless ``skip_missing``: then those records are skipped and counted).
+    """
     root, out = Path(root), Path(out)
     fmt = detect_format(root) if format == "auto" else format
     if fmt not in FORMATS:
@@ -271,6 +302,12 @@ def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto",
     items = _work_items(raw, image_root, path_field, split)
     if limit is not None:
         items = items[:limit]
+    missing = [it for it in items if it.get("skipped") == "image missing"]
+    if missing and not skip_missing:
+        examples = ", ".join(str(raw[it["index"]].get(path_field)) for it in missing[:MISSING_EXAMPLES])
+        raise DatasetError(f"{annotation_path(root, fmt)}: {len(missing)} of {len(items)} image files of split "
+                           f"{split or 'all'} do not exist under {image_root} (e.g. {examples}); pass --skip-missing "
+                           f"to leave them out")
     journal_path = out.with_name(out.name + ".journal.jsonl")
     meta = {"dataset": str(root.resolve()), "format": fmt, "m": m, "seed": seed, "mllm": mllm.fingerprint, "limit": limit, "split": split,
             "min_confidence": min_confidence}
@@ -307,12 +344,7 @@ def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto",
     for line in journal_path.read_text(encoding="utf-8").splitlines():
         entry = json.loads(line)
         done[entry["index"]] = entry
-    records = []
-    for i, rec in enumerate(raw):
-        entry = done.get(i)
-        if entry is not None and "diversity_captions" in entry:
-            rec = {**rec, "diversity_captions": entry["diversity_captions"]}
-        records.append(rec)
+    records = [with_diversity(rec, done.get(i)) for i, rec in enumerate(raw)]
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(records), encoding="utf-8")
     os.replace(tmp, out)
@@ -357,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--restart", action="store_true",
                    help="discard what an earlier run journalled beside --out (otherwise a killed run resumes)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="skip (and count) records whose image file is missing instead of stopping")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
@@ -379,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             paraphraser = LLMParaphraser(mllm.complete)
         report = run_rda(args.dir, args.out, mllm, args.format, args.m, args.workers, args.limit, args.seed,
                          args.batch_size, not args.quiet, paraphraser, None if args.split == "all" else args.split,
-                         args.min_confidence, restart=args.restart)
+                         args.min_confidence, restart=args.restart, skip_missing=args.skip_missing)
     except (DatasetError, MLLMError, ValueError, FileNotFoundError, PermissionError, RuntimeError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1

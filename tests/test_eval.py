@@ -104,3 +104,95 @@ def test_tuning_with_a_simulated_user_answering_from_the_annotations(small_world
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["user"].startswith("simulated (oracle") and line["setting"] == {"user_verify_budget": 4}
     assert line["mllm_calls"]["max"] >= 1
+
+
+# -- the authors' checkpoints, and bad input ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def research(tmp_path_factory):
+    from tests.research_checkpoints import make_checkpoint
+
+    root = tmp_path_factory.mktemp("research")
+    small = dict(vision_width=64, vision_layers=1, patch=16, image_size=(96, 32), text_width=64, text_layers=1,
+                 embed_dim=32, tse_dim=48)
+    return {fmt: make_checkpoint(root / fmt / "best.pth", fmt, seed=i, **small)
+            for i, fmt in enumerate(("irra", "rde", "icl", "icl168"))}
+
+
+@pytest.mark.parametrize("fmt,label,score", [("irra", "IRRA checkpoint", "bge"), ("rde", "RDE/ICL checkpoint", "fused"),
+                                             ("icl", "RDE/ICL checkpoint", "fused"),
+                                             ("icl168", "RDE/ICL checkpoint", "fused")])
+def test_benchmark_with_only_pretrained_best_pth(small_world, research, tmp_path, capsys, fmt, label, score):
+    from eval.benchmark import run_benchmark
+    from tools.tse import similarity
+
+    out = tmp_path / "r.json"
+    assert benchmark_main([str(small_world), "--pretrained", str(research[fmt]), "--quiet", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    first = printed.splitlines()[0]
+    assert label in first and "QuickGELU" in first and "96x32" in first and "bilinear" in first
+    assert first.endswith(f"score {score}") and f"context {168 if fmt == 'icl168' else 77}" in first
+    report = json.loads(out.read_text())
+    assert report["score"] == score and report["checkpoint"]["format"] == ("irra" if fmt == "irra" else "rde")
+    if score == "fused":  # the fused ranking is its own, and its parts are reported beside it
+        assert set(report["parts"]) == {"bge", "tse"} and "bge alone" in printed
+        assert report["chroma"]["search"] == "exact" and report["chroma"]["top10_recall_vs_exact"] == 1.0
+        _, sim, *_ = run_benchmark(small_world, pretrained=str(research[fmt]), chroma=False, progress=False,
+                                   score="bge")
+        _, fused, *_ = run_benchmark(small_world, pretrained=str(research[fmt]), chroma=False, progress=False)
+        assert not np.allclose(sim, fused)
+        from tools.embedder import Embedder
+
+        emb = Embedder(pretrained=str(research[fmt]))
+        assert emb.default_score == "fused"
+        from data.readers import read_dataset
+
+        recs = read_dataset(small_world).split("test")
+        texts = [c for r in recs for c in r.captions]
+        assert np.allclose(fused, similarity(emb.text_features(texts), emb.image_features([r.image_path for r in recs]),
+                                             "fused"), atol=1e-5)
+    else:
+        assert benchmark_main([str(small_world), "--pretrained", str(research[fmt]), "--score", "fused",
+                               "--quiet"]) == 1
+        assert "needs TSE heads" in capsys.readouterr().err
+
+
+def test_benchmark_bad_input_is_one_line_and_a_non_zero_exit(small_world, research, tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from tests.helpers import PREPROCESS, TINY_CFG
+    from tests.test_readers import write_layout
+
+    unknown = write_layout(tmp_path / "unknown", "cuhk-pedes")
+    (unknown / "reid_raw.json").rename(unknown / "annotations.json")
+    holes = write_layout(tmp_path / "holes", "cuhk-pedes", drop_image="CUHK01/0363004.png")
+    only_pt = tmp_path / "only-pt"
+    only_pt.mkdir()
+    (only_pt / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": PREPROCESS}))
+    torch.save({"x": torch.zeros(1)}, only_pt / "weights.pt")
+    data = torch.load(research["rde"], weights_only=False)
+    del data["model"]["base_model.transformer.resblocks.0.ln_2.weight"]
+    broken = tmp_path / "broken.pth"
+    torch.save(data, broken)
+    cases = {
+        "unrecognised layout": ([str(unknown), "--model", f"local-dir:{tiny_model_dir(tmp_path)}"],
+                                "annotations.json: looks like an annotation file"),
+        "missing images": ([str(holes), "--model", f"local-dir:{tiny_model_dir(tmp_path)}"],
+                           "1 of 2 image files of split test do not exist"),
+        "random weights": ([str(small_world), "--model", "RN50"], "RANDOM weights"),
+        ".pt in local-dir": ([str(small_world), "--model", f"local-dir:{only_pt}"], "holds only weights.pt"),
+        "keys that do not fit": ([str(small_world), "--pretrained", str(broken)],
+                                 "does not fit .* \\(assumed RDE/ICL checkpoint.*missing 1 keys: transformer.resblocks.0.ln_2.weight"),
+    }
+    for case, (args, pattern) in cases.items():
+        proc = subprocess.run([sys.executable, "-m", "eval.benchmark", *args, "--quiet", "--no-chroma"],
+                              capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1, (case, proc.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(pattern, lines[0]), (case, lines)

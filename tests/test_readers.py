@@ -141,3 +141,58 @@ def test_unknown_format_name(tmp_path):
     root = write_layout(tmp_path / "u", "cuhk-pedes")
     with pytest.raises(DatasetError, match="unknown dataset format"):
         read_dataset(root, "market1501")
+
+
+def test_cuhk_pedes_as_caption_all_json(tmp_path):
+    root = write_layout(tmp_path / "c", "cuhk-pedes")
+    (root / "reid_raw.json").rename(root / "caption_all.json")  # the original release's name
+    assert detect_format(root) == "cuhk-pedes"
+    ds = read_dataset(root)
+    assert ds.annotation_file.name == "caption_all.json" and len(ds) == 3 and ds.splits == ["train", "test"]
+    # reid_raw.json wins where both are present
+    records = json.loads((root / "caption_all.json").read_text())
+    (root / "reid_raw.json").write_text(json.dumps(records[:1]))
+    assert len(read_dataset(root)) == 1
+
+
+def test_caption_all_without_split_uses_the_standard_split_by_person_id(tmp_path):
+    root = write_layout(tmp_path / "c", "cuhk-pedes")
+    records = json.loads((root / "reid_raw.json").read_text())
+    for rec, pid in zip(records, (11003, 11004, 12004)):
+        del rec["split"]
+        rec["id"] = pid
+    (root / "reid_raw.json").unlink()
+    (root / "caption_all.json").write_text(json.dumps(records))
+    ds = read_dataset(root)
+    assert [(r.pid, r.split) for r in ds] == [(11003, "train"), (11004, "val"), (12004, "test")]
+
+
+def test_an_annotation_looking_json_is_reported_not_taken_for_an_image_folder(tmp_path):
+    from data.readers import LayoutError
+    from tools.gallery import items_for
+
+    root = write_layout(tmp_path / "c", "cuhk-pedes")
+    (root / "reid_raw.json").rename(root / "annotations_v2.json")
+    with pytest.raises(LayoutError, match=r"annotations_v2\.json: looks like an annotation file \(records with "
+                                          r"captions, file_path, id, split\).*caption_all\.json"):
+        detect_format(root)
+    with pytest.raises(LayoutError, match="annotations_v2.json"):
+        items_for(root, "test")  # never indexed as a plain folder of images
+    proc = subprocess.run([sys.executable, "-m", "data.stats", str(root)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "annotations_v2.json" in lines[0]
+    # a folder of images with an unrelated JSON file is still a folder of images
+    (root / "annotations_v2.json").write_text(json.dumps({"camera": "c3", "date": "2024-05-01"}))
+    name, items = items_for(root, "test")
+    assert len(items) == 3 and all(it.metadata["format"] == "folder" for it in items)
+
+
+def test_missing_images_in_other_splits_do_not_matter(tmp_path):
+    root = write_layout(tmp_path / "m", "cuhk-pedes", drop_image="test_query/p1.jpg")  # a train image
+    with pytest.raises(DatasetError, match="1 of 3 image files"):
+        read_dataset(root)
+    test = read_dataset(root, splits=["test"])
+    assert len(test) == 2 and test.splits == ["test"]
+    with pytest.raises(DatasetError, match="1 of 1 image files of split train"):
+        read_dataset(root, splits=["train"])

@@ -254,3 +254,63 @@ def test_same_person_weight_reaches_both_losses_and_is_checked(small_world, mode
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--same-person-weight" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def _copy_world(small_world, dest):
+    import shutil
+
+    shutil.copytree(small_world, dest)
+    return dest
+
+
+def test_missing_images_only_matter_in_the_splits_training_reads(small_world, model, tmp_path, capsys):
+    from data.readers import DatasetError
+    from train.__main__ import main
+
+    world = _copy_world(small_world, tmp_path / "world")
+    records = json.loads((world / "reid_raw.json").read_text())
+    test_image = next(r for r in records if r["split"] == "test")["file_path"]
+    (world / "imgs" / test_image).unlink()
+    one = TrainConfig(epochs=1, batch_size=8, workers=1)
+    summary = fit(world, tmp_path / "a", one, model=model, scratch=True, progress=False)
+    assert summary["epochs"] == 1  # a test image missing does not stop training
+    train_image = next(r for r in records if r["split"] == "train")["file_path"]
+    (world / "imgs" / train_image).unlink()
+    with pytest.raises(DatasetError, match="1 of .* image files of split train, val do not exist"):
+        fit(world, tmp_path / "b", one, model=model, scratch=True, progress=False)
+    base = [str(world), "--model", model, "--scratch", "--epochs", "1", "--batch-size", "8", "--workers", "1", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--skip-missing" in err[0]
+    assert main(base + ["--out", str(tmp_path / "d"), "--skip-missing"]) == 0
+    assert json.loads(capsys.readouterr().out)["train_images"] == sum(r["split"] == "train" for r in records) - 1
+
+
+def test_plain_string_rda_entries_are_one_caption_each(small_world, tmp_path):
+    from data.readers import read_dataset
+    from train.pairs import PairSet, reorganised_caption
+
+    rng = np.random.default_rng(0)
+    assert reorganised_caption("A woman in a red coat walks a dog.", rng) == "A woman in a red coat walks a dog."
+    mixed = reorganised_caption([["A woman.", "A lady."], "She wears a red coat."], np.random.default_rng(1))
+    assert "She wears a red coat." in mixed and ("A woman." in mixed or "A lady." in mixed)
+    assert reorganised_caption(["", []], rng) is None and reorganised_caption(7, rng) is None
+    # through the batches: ICL-style string entries reach the RDA loss whole, never letter by letter
+    tokenizer = Embedder(f"local-dir:{tiny_model_dir(tmp_path)}").tokenizer
+    records = read_dataset(small_world).split("train")[:4]
+    from dataclasses import replace
+
+    records = [replace(r, extra={**r.extra, "diversity_captions": [f"plain rewrite {i} {j}" for j in range(len(r.captions))]})
+               for i, r in enumerate(records)]
+    pairs = PairSet(records, (64, 32), tokenizer, workers=1, progress=False)
+    batch = next(pairs.batches(4, np.random.default_rng(0)))
+    texts = {tokenizer.decode([t for t in row.tolist() if t not in (0, 49406, 49407)]).strip()
+             for row in batch.rda_tokens}
+    assert all(t.startswith("plain rewrite ") and len(t.split()) == 4 for t in texts), texts
+
+
+def test_a_model_without_weights_is_refused(tmp_path, small_world):
+    from .helpers import tiny_arch
+
+    with pytest.raises(TrainingError, match="has no weights: give --init"):
+        fit(small_world, tmp_path / "r", CFG, model=tiny_arch(tmp_path), progress=False)

@@ -10,10 +10,21 @@ Indexing is incremental and resumable: ids already present are skipped and new o
 chunks no larger than the client's max batch size, so a run killed mid-way and re-run ends with
 exactly one entry per image. Unreadable files are skipped with a warning naming them.
 
+With a model that has TSE heads (an RDE or ICL checkpoint, :mod:`tools.tse`), each image has a
+second embedding, kept in a sibling collection (the name with ``--tse`` added, same ids). Each chunk
+is written to the TSE collection first and to the main one second, so an id in the main collection
+always has both, and a killed run resumes with the two in step. Galleries then rank by ``bge``,
+``tse`` or ``fused`` (``(bge + tse) / 2``, RDE's and ICL's score; exact search over both).
+
+A gallery that is not a SynthPedes world, indexed or searched with a model trained on SynthPedes
+renders only (the shipped models), logs one warning saying so and how to load a real checkpoint.
+
 >>> g = Gallery.for_images("synthpedes-test", embedder)           # doctest: +SKIP
 >>> g.index(items, embedder)                                     # doctest: +SKIP
 >>> g.search(embedder.encode_texts(["a man in a red coat"])[0], k=5)  # doctest: +SKIP
 [('test/04501_c2_0.jpg', 0.41), ...]
+>>> q = embedder.text_features(["a man in a red coat"])               # doctest: +SKIP
+>>> g.search(q["bge"][0], k=5, text_tse=q["tse"][0], score="fused")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,11 +41,27 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from .embedder import Embedder, default_home, load_pixels
+from .embedder import Embedder, default_home
+from .tse import SCORES, TSEError, similarity
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+_SCOPE_WARNED: set[str] = set()
+
+
+def check_scope(embedder: Embedder, source_format: str | None, what: str) -> bool:
+    """Warn (once per ``what``) when a model trained on SynthPedes renders only meets images that are
+    not a SynthPedes world (``source_format``: the reader's format, ``folder`` for a plain folder,
+    None when unknown). Returns whether it warned."""
+    if not embedder.synthetic_only or source_format in (None, "synthpedes") or what in _SCOPE_WARNED:
+        return False
+    _SCOPE_WARNED.add(what)
+    kind = "a folder of images" if source_format == "folder" else f"a {source_format} dataset"
+    log.warning("model %s was trained on SynthPedes renders only (synthetic people), and %s is %s: its rankings "
+                "of real photos mean little; load a real checkpoint, e.g. --pretrained best.pth (an IRRA, RDE or "
+                "ICL checkpoint) or --model ViT-B-16-quickgelu --pretrained TAG_OR_FILE", embedder.name, what, kind)
+    return True
 
 
 class GalleryError(RuntimeError):
@@ -98,14 +125,17 @@ def folder_items(folder: str | Path) -> tuple[list[GalleryItem], list[Path]]:
     return images, others
 
 
-def record_items(records: Iterable) -> list[GalleryItem]:
-    """Gallery items from dataset records (``data.readers.Record``), one per image."""
+def record_items(records: Iterable, format: str | None = None) -> list[GalleryItem]:
+    """Gallery items from dataset records (``data.readers.Record``), one per image; ``format`` (the
+    dataset's layout) is stored in each item's metadata."""
     items, seen = [], set()
     for r in records:
         if r.image in seen:
             continue
         seen.add(r.image)
         meta: dict[str, Any] = {"path": str(r.image_path), "pid": int(r.pid), "split": r.split}
+        if format:
+            meta["format"] = format
         if getattr(r, "camera", None) is not None:
             meta["camera"] = int(r.camera)
         items.append(GalleryItem(r.image, r.image_path, meta))
@@ -113,47 +143,89 @@ def record_items(records: Iterable) -> list[GalleryItem]:
 
 
 class Gallery:
-    """A Chroma collection of L2-normalised image embeddings with exact and ANN search."""
+    """A Chroma collection of L2-normalised image embeddings with exact and ANN search (and, for a
+    model with TSE heads, a sibling collection of TSE embeddings with the same ids)."""
 
-    def __init__(self, collection, client=None):
+    def __init__(self, collection, client=None, tse_collection=None):
         self.collection = collection
         self.client = client
-        self._cache: tuple[list[str], np.ndarray, list[dict]] | None = None
+        self.tse_collection = tse_collection
+        self._cache: dict[str, tuple[list[str], np.ndarray, list[dict]]] = {}
 
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
     def open(cls, image_set: str, embedder: Embedder, data_dir: str | Path | None = None, url: str | None = None,
              create: bool = True) -> "Gallery":
-        """The collection of ``image_set`` for ``embedder``'s model (created when ``create``)."""
+        """The collection of ``image_set`` for ``embedder``'s model (created when ``create``); with
+        its TSE collection when the model has TSE heads."""
         client = make_client(data_dir, url)
         name = collection_name(image_set, embedder.name, embedder.fingerprint)
         meta = {"image_set": image_set, "model": embedder.name, "fingerprint": embedder.fingerprint, "dim": embedder.dim}
+        col = cls._collection(client, name, meta, create, image_set, embedder)
+        tse = None
+        if embedder.has_tse:
+            tse_meta = {"image_set": image_set, "model": embedder.name, "kind": "tse", "of": name,
+                        "dim": embedder.tse_dim, "ratio": embedder.tse.ratio}
+            tse_name = collection_name(image_set, embedder.name, f"{embedder.fingerprint}|tse{embedder.tse.ratio}") + "--tse"
+            tse = cls._collection(client, tse_name, tse_meta, create, image_set, embedder, main=False)
+        gallery = cls(col, client, tse)
+        if not create or gallery.count():
+            check_scope(embedder, gallery.source_format(), f"gallery {image_set!r}")
+        return gallery
+
+    @staticmethod
+    def _collection(client, name: str, meta: dict, create: bool, image_set: str, embedder: Embedder, main: bool = True):
         try:
             if create:
-                col = client.get_or_create_collection(name, embedding_function=None, metadata=meta,
-                                                      configuration={"hnsw": {"space": "cosine"}})
-            else:
-                col = client.get_collection(name, embedding_function=None)
+                return client.get_or_create_collection(name, embedding_function=None, metadata=meta,
+                                                       configuration={"hnsw": {"space": "cosine"}})
+            return client.get_collection(name, embedding_function=None)
         except Exception as e:
             if create:
                 raise GalleryError(f"cannot open Chroma collection {name}: {str(e).splitlines()[0]}") from None
+            if not main:
+                raise GalleryError(f"gallery {image_set!r} has no TSE embeddings for model {embedder.name}; index it "
+                                   f"again (resumable): python -m tools.gallery index ...") from None
             others = [c.name if hasattr(c, "name") else str(c) for c in client.list_collections()]
             same_set = [o for o in others if o.startswith(_slug(image_set) + "--")]
             hint = (f"; it is indexed only with other models ({', '.join(same_set)})" if same_set else "")
             raise GalleryError(f"gallery {image_set!r} is not indexed with model {embedder.name}{hint}; "
                                f"index it with: python -m tools.gallery index ...") from None
-        return cls(col, client)
 
     @property
     def name(self) -> str:
         return self.collection.name
 
+    @property
+    def has_tse(self) -> bool:
+        return self.tse_collection is not None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The embeddings stored per image: ``("bge",)`` or ``("bge", "tse")``."""
+        return ("bge", "tse") if self.has_tse else ("bge",)
+
+    @property
+    def scores_available(self) -> tuple[str, ...]:
+        return SCORES if self.has_tse else ("bge",)
+
     def count(self) -> int:
-        return self.collection.count()
+        """Images with every embedding kind stored."""
+        return len(self.ids()) if self.has_tse else self.collection.count()
 
     def ids(self) -> set[str]:
-        return set(self.collection.get(include=[])["ids"])
+        """Ids of images with every embedding kind stored."""
+        main = set(self.collection.get(include=[])["ids"])
+        if self.has_tse:
+            main &= set(self.tse_collection.get(include=[])["ids"])
+        return main
+
+    def source_format(self) -> str | None:
+        """The dataset layout the indexed images came from (``folder`` for a plain folder), where recorded."""
+        got = self.collection.get(limit=1, include=["metadatas"])
+        metas = got.get("metadatas") or []
+        return (metas[0] or {}).get("format") if metas else None
 
     # -- indexing --------------------------------------------------------------------------
 
@@ -162,9 +234,16 @@ class Gallery:
         """Add the items not yet present. Returns counts of added, present and skipped items."""
         if not items:
             raise GalleryError("nothing to index: no images found")
+        if embedder.has_tse != self.has_tse:
+            raise GalleryError(f"gallery {self.name} was opened for a model {'with' if self.has_tse else 'without'} "
+                               f"TSE heads; open it with this model")
         ids = [it.id for it in items]
         if len(set(ids)) != len(ids):
             raise GalleryError("duplicate image ids in the items to index")
+        formats = {it.metadata.get("format") for it in items} - {None}
+        if formats:
+            check_scope(embedder, sorted(formats)[0] if formats != {"synthpedes"} else "synthpedes",
+                        f"gallery {(self.collection.metadata or {}).get('image_set', self.name)!r}")
         present = self.ids()
         todo = [it for it in items if it.id not in present]
         limit = max(1, min(chunk_size, self._max_batch()))
@@ -176,20 +255,28 @@ class Gallery:
             ok, pixels = [], []
             for it in chunk:
                 try:
-                    pixels.append(load_pixels(it.path, embedder.image_size))
+                    pixels.append(embedder.load_pixels(it.path))
                     ok.append(it)
                 except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
                     log.warning("skipping unreadable image %s (%s)", it.path, str(e).splitlines()[0] if str(e) else type(e).__name__)
                     skipped.append(str(it.path))
             if ok:
-                feats = np.concatenate([embedder.encode_pixels(np.stack(pixels[i:i + embedder.batch_size]))
-                                        for i in range(0, len(pixels), embedder.batch_size)])
-                self.collection.upsert(ids=[it.id for it in ok], embeddings=feats,
-                                       metadatas=[it.metadata or {"path": str(it.path)} for it in ok])
+                parts = [embedder.encode_pixels(np.stack(pixels[i:i + embedder.batch_size]), with_tse=self.has_tse)
+                         for i in range(0, len(pixels), embedder.batch_size)]
+                chunk_ids = [it.id for it in ok]
+                metas = [it.metadata or {"path": str(it.path)} for it in ok]
+                if self.has_tse:
+                    # TSE first: an id in the main collection always has its TSE embedding too
+                    self.tse_collection.upsert(ids=chunk_ids, embeddings=np.concatenate([p[1] for p in parts]),
+                                               metadatas=metas)
+                    feats = np.concatenate([p[0] for p in parts])
+                else:
+                    feats = np.concatenate(parts)
+                self.collection.upsert(ids=chunk_ids, embeddings=feats, metadatas=metas)
                 added += len(ok)
             bar.update(len(chunk))
         bar.close()
-        self._cache = None
+        self._cache = {}
         return {"added": added, "present": len(items) - len(todo), "skipped": skipped, "total": self.count()}
 
     def _max_batch(self) -> int:
@@ -200,39 +287,109 @@ class Gallery:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def embeddings(self) -> tuple[list[str], np.ndarray, list[dict]]:
-        """All (ids, float32 [N, D] embeddings, metadatas), cached until the next ``index``."""
-        if self._cache is None:
-            got = self.collection.get(include=["embeddings", "metadatas"])
+    def embeddings(self, kind: str = "bge") -> tuple[list[str], np.ndarray, list[dict]]:
+        """All (ids, float32 [N, D] embeddings of ``kind`` (``bge`` or ``tse``), metadatas), sorted by
+        id, cached until the next ``index``. Both kinds list the same ids in the same order.
+
+        Raises:
+            GalleryError: the gallery is empty, has no ``kind`` embeddings, or its two collections
+                are out of step (re-index: it is resumable).
+        """
+        if kind not in ("bge", "tse"):
+            raise GalleryError(f"unknown embedding kind {kind!r} (bge or tse)")
+        if kind == "tse" and not self.has_tse:
+            raise GalleryError(f"gallery {self.name} has no TSE embeddings (its model has no TSE heads)")
+        if kind not in self._cache:
+            col = self.collection if kind == "bge" else self.tse_collection
+            got = col.get(include=["embeddings", "metadatas"])
             ids = list(got["ids"])
             if not ids:
                 raise GalleryError(f"gallery {self.name} is empty; index it first (python -m tools.gallery index ...)")
+            emb = np.asarray(got["embeddings"], dtype=np.float32)
+            metas = [m or {} for m in got["metadatas"]]
+            if self.has_tse:  # keep the images with both embeddings (a killed run may leave extra TSE rows)
+                complete = self.ids()
+                keep = [i for i, x in enumerate(ids) if x in complete]
+                ids, emb, metas = [ids[i] for i in keep], emb[keep], [metas[i] for i in keep]
             order = np.argsort(ids, kind="stable")
-            emb = np.asarray(got["embeddings"], dtype=np.float32)[order]
-            metas = [got["metadatas"][i] or {} for i in order]
-            self._cache = ([ids[i] for i in order], emb, metas)
-        return self._cache
+            self._cache[kind] = ([ids[i] for i in order], emb[order], [metas[i] for i in order])
+            if self.has_tse and len(self._cache) == 2 and self._cache["bge"][0] != self._cache["tse"][0]:
+                self._cache = {}
+                raise GalleryError(f"gallery {self.name}: BGE and TSE collections list different images; index it "
+                                   f"again (resumable)")
+        return self._cache[kind]
 
-    def search(self, text_embedding: np.ndarray, k: int = 10, where: dict | None = None) -> list[tuple[str, float]]:
-        """Approximate nearest images by cosine similarity (Chroma HNSW): [(id, score)], best first."""
+    def features(self) -> tuple[list[str], dict[str, np.ndarray], list[dict]]:
+        """(ids, ``{"bge": [N, D], "tse": [N, E]}`` (``tse`` where stored), metadatas), rows aligned."""
+        ids, bge, metas = self.embeddings("bge")
+        out = {"bge": bge}
+        if self.has_tse:
+            tse_ids, out["tse"], _ = self.embeddings("tse")
+            if tse_ids != ids:
+                raise GalleryError(f"gallery {self.name}: BGE and TSE collections list different images; index it "
+                                   f"again (resumable)")
+        return ids, out, metas
+
+    def search(self, text_embedding: np.ndarray, k: int = 10, where: dict | None = None,
+               text_tse: np.ndarray | None = None, score: str = "bge") -> list[tuple[str, float]]:
+        """Nearest images: [(id, score)], best first.
+
+        ``score="bge"``: cosine similarity of ``text_embedding`` by Chroma's HNSW (approximate).
+        ``tse`` / ``fused``: exact, over both collections (``text_tse`` needed; ``fused`` =
+        ``(bge + tse) / 2``). ``where``: a Chroma metadata filter.
+        """
         if k < 1:
             raise ValueError("k must be >= 1")
-        q = np.asarray(text_embedding, dtype=np.float32).reshape(1, -1)
-        res = self.collection.query(query_embeddings=q, n_results=min(k, max(1, self.count())), where=where,
-                                    include=["distances"])
-        return [(i, float(1.0 - d)) for i, d in zip(res["ids"][0], res["distances"][0])]
+        if score == "bge":
+            q = np.asarray(text_embedding, dtype=np.float32).reshape(1, -1)
+            res = self.collection.query(query_embeddings=q, n_results=min(k, max(1, self.count())), where=where,
+                                        include=["distances"])
+            return [(i, float(1.0 - d)) for i, d in zip(res["ids"][0], res["distances"][0])]
+        sim = self.similarity(text_embedding, text_tse, score=score)
+        ids = self.embeddings("bge")[0]
+        allowed = None
+        if where is not None:
+            allowed = set(self.collection.get(where=where, include=[])["ids"])
+        order = np.argsort(-sim, kind="stable")
+        out = []
+        for i in order:
+            if allowed is None or ids[i] in allowed:
+                out.append((ids[i], float(sim[i])))
+                if len(out) == k:
+                    break
+        return out
 
-    def scores(self, text_embedding: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
-        """Exact cosine similarity of the text to ``ids`` (default: every image, in ``embeddings()`` order)."""
-        all_ids, emb, _ = self.embeddings()
+    def scores(self, text_embedding: np.ndarray, ids: Sequence[str] | None = None, kind: str = "bge") -> np.ndarray:
+        """Exact cosine similarity of a text embedding of ``kind`` to ``ids`` (default: every image,
+        in ``embeddings()`` order)."""
+        all_ids, emb, _ = self.embeddings(kind)
         q = np.asarray(text_embedding, dtype=np.float32).reshape(-1)
         if ids is None:
             return emb @ q
+        return emb[self._positions(ids)] @ q
+
+    def similarity(self, text_bge: np.ndarray, text_tse: np.ndarray | None = None, ids: Sequence[str] | None = None,
+                   score: str = "bge") -> np.ndarray:
+        """float32 [N]: one text's ``score`` (``bge``, ``tse``, ``fused``) against ``ids`` (default:
+        every image, in ``embeddings()`` order); see :func:`tools.tse.similarity`."""
+        all_ids, feats, _ = self.features()
+        if ids is not None:
+            pos = self._positions(ids)
+            feats = {k: v[pos] for k, v in feats.items()}
+        query = {"bge": np.asarray(text_bge, dtype=np.float32).reshape(-1),
+                 "tse": None if text_tse is None else np.asarray(text_tse, dtype=np.float32).reshape(-1)}
+        try:
+            return similarity(query, feats, score)
+        except TSEError as e:
+            raise GalleryError(f"gallery {self.name}: {e}") from None
+
+    def _positions(self, ids: Sequence[str]) -> list[int]:
+        all_ids = self.embeddings("bge")[0]
         pos = {i: n for n, i in enumerate(all_ids)}
         missing = [i for i in ids if i not in pos]
         if missing:
             raise GalleryError(f"{len(missing)} ids are not in gallery {self.name} (e.g. {missing[0]})")
-        return emb[[pos[i] for i in ids]] @ q
+        return [pos[i] for i in ids]
 
     def metadata(self, image_id: str) -> dict:
         all_ids, _, metas = self.embeddings()
@@ -249,13 +406,23 @@ def image_set_name(root: str | Path, split: str | None = None) -> str:
     return f"{_slug(root.name, 24)}-{split}-{digest}" if split else f"{_slug(root.name, 24)}-{digest}"
 
 
-def items_for(source: str | Path, split: str = "test", format: str = "auto") -> tuple[str, list[GalleryItem]]:
-    """(image set name, items) for a dataset folder's split, or for a plain folder of images."""
-    from data.readers import DatasetError, detect_format, read_dataset
+def items_for(source: str | Path, split: str = "test", format: str = "auto",
+              skip_missing: bool = False) -> tuple[str, list[GalleryItem]]:
+    """(image set name, items) for a dataset folder's split, or for a plain folder of images.
+
+    Raises:
+        data.readers.LayoutError: the folder holds an annotation-looking JSON no reader knows.
+        data.readers.DatasetError: the split's images are missing (unless ``skip_missing``), or the
+            annotations are malformed.
+        GalleryError: no images, or an empty split.
+    """
+    from data.readers import DatasetError, LayoutError, detect_format, read_dataset
 
     source = Path(source)
     try:
         fmt = detect_format(source) if format == "auto" else format
+    except LayoutError:
+        raise
     except DatasetError:
         fmt = None
     if fmt is None:
@@ -264,12 +431,13 @@ def items_for(source: str | Path, split: str = "test", format: str = "auto") -> 
             log.warning("skipping %s: not an image file", p)
         if not images:
             raise GalleryError(f"{source}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-        return image_set_name(source), images
-    ds = read_dataset(source, fmt, skip_missing=True)
+        return image_set_name(source), [GalleryItem(it.id, it.path, {**it.metadata, "format": "folder"})
+                                        for it in images]
+    ds = read_dataset(source, fmt, skip_missing=skip_missing, splits=[split])
     records = ds.split(split)
     if not records:
-        raise GalleryError(f"{source}: split {split!r} is empty (splits: {', '.join(ds.splits) or 'none'})")
-    return image_set_name(source, split), record_items(records)
+        raise GalleryError(f"{source}: split {split!r} is empty (splits: {', '.join(ds.all_splits) or 'none'})")
+    return image_set_name(source, split), record_items(records, ds.format)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,47 +448,55 @@ def main(argv: list[str] | None = None) -> int:
 
     from data.readers import DatasetError
 
-    from .embedder import DEFAULT_MODEL, EmbedderError
+    from .embedder import EmbedderError, add_model_arguments, embedder_from_args
 
     p = argparse.ArgumentParser(prog="python -m tools.gallery",
                                 description="Index images into a Chroma gallery and query it by text.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="embedder model (default %(default)s)")
-    p.add_argument("--pretrained", help="pretrained tag or checkpoint file for --model")
+    add_model_arguments(p, score=False)
     p.add_argument("--data-dir", help="Chroma folder (default $THI_HOME/chroma = ~/.cache/thi-reid/chroma)")
     p.add_argument("--url", help="Chroma server URL (http://HOST:PORT) instead of the local folder")
-    p.add_argument("--device", help="cpu, cuda, ...")
     sub = p.add_subparsers(dest="command", required=True)
     pi = sub.add_parser("index", help="index a dataset split or a folder of images (resumable)")
     pi.add_argument("source", help="dataset folder (any supported layout) or a folder of images")
     pi.add_argument("--split", default="test", help="dataset split to index (default %(default)s)")
     pi.add_argument("--format", default="auto")
+    pi.add_argument("--skip-missing", action="store_true", help="leave out records whose image file is missing (warns)")
     pq = sub.add_parser("query", help="rank an indexed gallery by a description")
     pq.add_argument("text", help="the description")
     pq.add_argument("--gallery", required=True, help="the dataset folder or image folder that was indexed")
     pq.add_argument("--split", default="test")
     pq.add_argument("--format", default="auto")
+    pq.add_argument("--skip-missing", action="store_true", help="as given when indexing")
     pq.add_argument("-k", type=int, default=10, help="results (default %(default)s)")
+    pq.add_argument("--score", choices=SCORES,
+                    help="bge, tse or fused ((bge + tse) / 2); default fused where the model has TSE heads, else bge")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
-        embedder = Embedder(args.model, args.pretrained, device=args.device)
+        if args.command == "query" and not args.text.strip():
+            raise GalleryError("the query is empty")
+        # the images first: a bad folder is reported before a model is loaded
+        source = args.source if args.command == "index" else args.gallery
+        name, items = items_for(source, args.split, args.format, args.skip_missing)
+        embedder = embedder_from_args(args)
+        print(embedder.describe(), file=sys.stderr)
         if args.command == "index":
-            name, items = items_for(args.source, args.split, args.format)
             gallery = Gallery.open(name, embedder, args.data_dir, args.url)
             t0 = time.perf_counter()
             result = gallery.index(items, embedder)
             result["skipped_count"] = len(result["skipped"])
-            result.update(collection=gallery.name, seconds=round(time.perf_counter() - t0, 2))
+            result.update(collection=gallery.name, embeddings=list(gallery.kinds),
+                          seconds=round(time.perf_counter() - t0, 2), model=embedder.info)
             print(json.dumps(result))
         else:
-            if not args.text.strip():
-                raise GalleryError("the query is empty")
-            name, _ = items_for(args.gallery, args.split, args.format)
+            score = embedder.resolve_score(args.score)
             gallery = Gallery.open(name, embedder, args.data_dir, args.url, create=False)
-            q = embedder.encode_texts([args.text])[0]
-            for rank, (image_id, score) in enumerate(gallery.search(q, args.k), 1):
+            q = embedder.text_features([args.text])
+            print(f"score: {score}", file=sys.stderr)
+            hits = gallery.search(q["bge"][0], args.k, text_tse=q["tse"][0] if "tse" in q else None, score=score)
+            for rank, (image_id, value) in enumerate(hits, 1):
                 meta = gallery.metadata(image_id)
-                print(f"{rank:3d}  {score:.4f}  {image_id}  pid={meta.get('pid', '-')}")
+                print(f"{rank:3d}  {value:.4f}  {image_id}  pid={meta.get('pid', '-')}")
     except (GalleryError, EmbedderError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

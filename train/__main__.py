@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
     p.add_argument("--workers", type=int, default=d.workers, help="image loading threads")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="leave out train/val records whose image file is missing (warns); other splits are not read")
     p.add_argument("--restart", action="store_true", help="discard a previous run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = fit(args.dir, args.out, cfg, model=args.model, init=args.init, scratch=args.scratch,
                       format=args.format, device=args.device, annotation_file=args.annotations,
-                      progress=not args.quiet, restart=args.restart)
+                      progress=not args.quiet, restart=args.restart, skip_missing=args.skip_missing)
     except (DatasetError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -108,6 +108,9 @@ def build_model(model: str, init: str | None, scratch: bool, device: torch.devic
     """An architecture with random weights (``scratch``) or with weights from ``model``/``init``."""
     if scratch and init:
         raise TrainingError("--scratch and --init exclude each other")
+    if not (scratch or init or model in shipped_models() or model.startswith("local-dir:")):
+        raise TrainingError(f"model {model} has no weights: give --init TAG_OR_FILE (e.g. an IRRA/RDE/ICL best.pth) "
+                            f"or --scratch to train from random weights")
     return load_clip(model, init, device, random_init=scratch)
 
 
@@ -183,7 +186,7 @@ def _extra_worlds(worlds: str | list[str] | None) -> list[tuple[str, str | None]
 
 
 def extra_train_records(worlds: str | list[str] | None, split: str, dataset_dir: str | Path,
-                        first_pid: int) -> list[Record]:
+                        first_pid: int, skip_missing: bool = False) -> list[Record]:
     """The ``split`` records of each extra world (``DIR`` or ``DIR=ANNOTATIONS``), with person ids
     moved past ``first_pid`` (and past each earlier world's) so that no two worlds share a person."""
     out: list[Record] = []
@@ -192,7 +195,8 @@ def extra_train_records(worlds: str | list[str] | None, split: str, dataset_dir:
         if Path(world).resolve() == Path(dataset_dir).resolve():
             raise TrainingError(f"{world}: an extra world must not be the dataset being trained on")
         try:
-            records = read_dataset(world, "auto", annotation_file=annotations).split(split)
+            records = read_dataset(world, "auto", annotation_file=annotations, skip_missing=skip_missing,
+                                   splits=[split]).split(split)
         except DatasetError as e:
             raise TrainingError(f"extra world: {e}") from None
         if not records:
@@ -206,18 +210,24 @@ def extra_train_records(worlds: str | list[str] | None, split: str, dataset_dir:
 
 def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig(), model: str = "synthpedes-small",
         init: str | None = None, scratch: bool = False, format: str = "auto", device: str | None = None,
-        annotation_file: str | Path | None = None, progress: bool = True, restart: bool = False) -> dict:
-    """Train and return a summary (best validation metrics, epochs, seconds)."""
+        annotation_file: str | Path | None = None, progress: bool = True, restart: bool = False,
+        skip_missing: bool = False) -> dict:
+    """Train and return a summary (best validation metrics, epochs, seconds).
+
+    Only the train and validation splits are read: images missing from other splits do not matter;
+    missing ones in these raise :class:`DatasetError` unless ``skip_missing`` (then left out, with a
+    warning)."""
     out = Path(out)
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
-    dataset = read_dataset(dataset_dir, format, annotation_file=annotation_file)
+    dataset = read_dataset(dataset_dir, format, annotation_file=annotation_file, skip_missing=skip_missing,
+                           splits=[cfg.train_split, cfg.val_split])
     train_records = dataset.split(cfg.train_split)
     if not train_records:
-        raise TrainingError(f"{dataset_dir}: no records in split {cfg.train_split!r} (splits: {', '.join(dataset.splits)})")
+        raise TrainingError(f"{dataset_dir}: no records in split {cfg.train_split!r} (splits: {', '.join(dataset.all_splits)})")
     val_records = dataset.split(cfg.val_split)
     train_records = list(train_records) + extra_train_records(
-        cfg.extra_world, cfg.train_split, dataset_dir, max(r.pid for r in dataset.records) + 1)
+        cfg.extra_world, cfg.train_split, dataset_dir, max(r.pid for r in dataset.records) + 1, skip_missing)
 
     run_identity = {"dataset": str(Path(dataset_dir).resolve()), "format": dataset.format, "model": model,
                     "init": init, "scratch": scratch, "annotation_file": str(annotation_file) if annotation_file else None,
@@ -251,8 +261,9 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
             clip.logit_scale.fill_(math.log(cfg.init_logit_scale))
     log.info("model %s: %.1fM parameters, input %s", model, sum(p.numel() for p in clip.parameters()) / 1e6,
              loaded.image_size)
-    train = PairSet(train_records, loaded.image_size, loaded.tokenizer, cfg.workers, progress)
-    val = PairSet(val_records, loaded.image_size, loaded.tokenizer, cfg.workers, progress) if val_records else None
+    train = PairSet(train_records, loaded.image_size, loaded.tokenizer, cfg.workers, progress, loaded.resample)
+    val = PairSet(val_records, loaded.image_size, loaded.tokenizer, cfg.workers, progress, loaded.resample) \
+        if val_records else None
 
     with torch.no_grad():
         dim = int(clip.encode_text(train.tokens[:1].to(dev)).shape[-1])
@@ -286,7 +297,7 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
         pretrain_report = state.get("pretrain")
         log.info("resuming %s after epoch %d", out, state["epoch"] + 1)
     (out / "train_config.json").write_text(json.dumps(run_identity, indent=2))
-    config_json = model_config(model)
+    config_json = loaded.config or model_config(model)  # a research checkpoint's own shapes where --init is one
     autocast, precision = _autocast(dev, cfg.precision)
     log.info("precision %s on %s", precision, dev)
     if cfg.pretrain_world and not state_path.exists():

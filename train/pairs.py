@@ -7,7 +7,9 @@ horizontal flips, a small shift and zoom, mild brightness and contrast changes; 
 
 When a record carries RDA ``diversity_captions`` (one entry per caption: a list of sub-sentences,
 each a list of paraphrases), every time it is drawn a random order of its sub-sentences and a random
-paraphrase of each make a *reorganised* caption, returned beside the original.
+paraphrase of each make a *reorganised* caption, returned beside the original. ICL's released files
+may hold a plain string for a caption's entry (used as the reorganised caption as it is, as ICL's
+loader does) or for a sub-sentence (its only paraphrase): see :func:`reorganised_caption`.
 """
 
 from __future__ import annotations
@@ -41,12 +43,35 @@ class Batch:
     image_attrs: torch.Tensor | None = None  # long [B, S] agreed value over all the image's captions (-1: none)
 
 
-def load_all_pixels(paths: Sequence, size: tuple[int, int], workers: int = 4, progress: bool = True) -> np.ndarray:
-    """uint8 [N, H, W, 3] of every image, squashed to ``size``."""
+def reorganised_caption(entry: object, rng: np.random.Generator) -> str | None:
+    """A reorganised caption from one caption's ``diversity_captions`` entry, or None where the entry
+    holds nothing usable.
+
+    ``entry`` is a list of sub-sentences, each a list of paraphrases (RDA's layout) or a plain
+    string (one paraphrase); or a plain string, which is the reorganised caption itself (ICL's
+    loader uses such entries as they are).
+    """
+    if isinstance(entry, str):
+        return entry.strip() or None
+    if not isinstance(entry, (list, tuple)):
+        return None
+    parts = []
+    for sub in entry:
+        options = [sub] if isinstance(sub, str) else [p for p in sub if isinstance(p, str)] \
+            if isinstance(sub, (list, tuple)) else []
+        options = [o for o in options if o.strip()]
+        if options:
+            parts.append(options)
+    return reorganise(parts, rng) if parts else None
+
+
+def load_all_pixels(paths: Sequence, size: tuple[int, int], workers: int = 4, progress: bool = True,
+                    resample: str = "bicubic") -> np.ndarray:
+    """uint8 [N, H, W, 3] of every image, squashed to ``size`` with the PIL filter ``resample``."""
     out = np.zeros((len(paths), size[0], size[1], 3), dtype=np.uint8)
 
     def one(i: int) -> None:
-        out[i] = load_pixels(paths[i], size)
+        out[i] = load_pixels(paths[i], size, resample)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(tqdm(pool.map(one, range(len(paths))), total=len(paths), desc="loading images", unit="img",
@@ -58,12 +83,13 @@ class PairSet:
     """Images + captions of one split, ready for batching."""
 
     def __init__(self, records: Sequence[Record], image_size: tuple[int, int], tokenizer, workers: int = 4,
-                 progress: bool = True):
+                 progress: bool = True, resample: str = "bicubic"):
         if not records:
             raise ValueError("no training records")
         self.records = list(records)
         self.tokenizer = tokenizer
-        self.pixels = torch.from_numpy(load_all_pixels([r.image_path for r in self.records], image_size, workers, progress))
+        self.pixels = torch.from_numpy(load_all_pixels([r.image_path for r in self.records], image_size, workers, progress,
+                                                       resample))
         self.pids = np.asarray([r.pid for r in self.records], dtype=np.int64)
         uniq = np.unique(self.pids)
         self.num_ids = len(uniq)
@@ -179,10 +205,10 @@ class PairSet:
                 for i, k in zip(idx, cap):
                     div = self.records[i].extra.get("diversity_captions")
                     local = int(k - self.captions_of[i][0])
-                    if div and local < len(div) and div[local]:
-                        texts.append(reorganise(div[local], rng))
-                    else:
-                        texts.append(self.records[i].captions[local])
+                    text = None
+                    if isinstance(div, (list, tuple)) and local < len(div):
+                        text = reorganised_caption(div[local], rng)
+                    texts.append(text or self.records[i].captions[local])
                 rda = self.tokenizer(texts)
             neg = None
             if hard_negatives:
