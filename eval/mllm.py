@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from data.readers import DatasetError, read_dataset
 from data.synthpedes.ceiling import AnnotationError, load_annotations
+from graphs.server import make_backend
 from tools.attributes import SLOT_NAMES
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
-from tools.mllm import MLLM, MLLMError, make_mllm
+from tools.mllm import MLLM, MLLMError
 from tools.mllm.base import ImageRef
 from tools.mllm.offline import CONTRADICTION_FEATURES, LOG_EPS, verifier_features, verifier_weights
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR)
     root = Path(args.dir)
     try:
-        mllm = make_mllm(args.mllm, **({"synthpedes_dir": root} if args.mllm == "oracle" else {}))
+        mllm = make_backend(args.mllm, root)
         embedder = Embedder(args.model, device=args.device)
         pairs = verification_pairs(root, args.split, embedder, args.limit, args.seed)
         report: dict = {"mllm": mllm.name, "split": args.split, "retrieval_model": embedder.name}

@@ -4,6 +4,7 @@ from langchain_core.messages import AIMessage, ToolMessage
 from pydantic import ValidationError
 
 from graphs.config import THIConfig
+from graphs.server import oracle_annotations
 from graphs.service import THIService
 from tools.mllm.oracle import OracleMLLM
 from tools.search_tool import PersonSearchArgs, make_search_tool
@@ -20,7 +21,8 @@ class ToolCallingFake(GenericFakeChatModel):
 
 @pytest.fixture()
 def service(setup):  # noqa: F811
-    return THIService(setup["index"], OracleMLLM(setup["world"]), THIConfig(policy="adaptive"))
+    return THIService.with_objects(setup["index"], OracleMLLM(oracle_annotations(setup["world"])),
+                                   THIConfig(policy="adaptive"))
 
 
 def test_tool_schema_and_direct_call(service):

@@ -14,8 +14,11 @@ BACKENDS = ("offline", "openai", "transformers", "oracle")
 
 
 def make_mllm(kind: str = "offline", **options: Any) -> MLLM:
-    """Build a backend by name. ``langchain`` takes a chat model object: use
-    ``tools.mllm.langchain_backend.LangChainMLLM(chat_model)`` directly."""
+    """Build a backend by name, with the backend's own keyword options. ``oracle`` takes
+    ``annotations`` (image id -> annotation, see :class:`tools.mllm.oracle.OracleMLLM`;
+    ``graphs.server.make_backend`` loads them from a SynthPedes folder). ``langchain`` takes a chat
+    model object: use ``tools.mllm.langchain_backend.LangChainMLLM(chat_model)`` directly.
+    Raises ``ValueError`` for an unknown backend name."""
     if kind == "offline":
         from .offline import OfflineMLLM
 
@@ -31,6 +34,9 @@ def make_mllm(kind: str = "offline", **options: Any) -> MLLM:
     if kind == "oracle":
         from .oracle import OracleMLLM
 
+        if "annotations" not in options:
+            raise ValueError("the oracle backend needs annotations (image id -> attributes); "
+                             "graphs.server.make_backend loads them from a SynthPedes folder")
         return OracleMLLM(**options)
     raise ValueError(f"unknown MLLM backend {kind!r} (choose from: {', '.join(BACKENDS)}, or langchain from code)")
 
