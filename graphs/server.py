@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,10 +32,7 @@ from tools.mllm import MLLM, make_mllm
 from .config import THIConfig, THIContext
 from .demo import demo_dir, open_gallery
 
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: one per resolved context
 class Live:
     """The live objects of one run context (what the THI graph's nodes use)."""
 
@@ -260,7 +256,13 @@ def resolve(ctx: THIContext) -> Live:
         allowed = frozenset(allowed) if allowed is not None else _allowed_ids(index, ctx.filter)
         return Live(index, mllm, config, user, target_pid, allowed)
 
-    return _live.get(repr(ctx), build)
+    # Every node of every round resolves its context: the key (the context's values) is computed
+    # once per context object, which is frozen.
+    key = ctx.__dict__.get("_resolve_key")
+    if key is None:
+        key = repr(ctx)
+        object.__setattr__(ctx, "_resolve_key", key)
+    return _live.get(key, build)
 
 
 def clear() -> None:

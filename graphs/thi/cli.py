@@ -11,7 +11,6 @@ import json
 import logging
 import sys
 import uuid
-from pathlib import Path
 
 from langgraph.types import Command
 

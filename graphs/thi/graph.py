@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from .with_user import WithUserPolicy
 log = logging.getLogger(__name__)
 
 
+@lru_cache(maxsize=256)  # a run asks at every node
 def policy_for(live: Live) -> Policy:
     """The policy a run follows: the paper's (whoever answers), ours without a user, or ours with one."""
     cfg, answerer = live.config, answerer_for(live.user)
