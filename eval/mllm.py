@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from data.readers import DatasetError, read_dataset
 from data.synthpedes.ceiling import AnnotationError, load_annotations
+from graphs.server import make_backend
 from tools.attributes import SLOT_NAMES
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
-from tools.mllm import MLLM, MLLMError, make_mllm
+from tools.mllm import MLLM, MLLMError
 from tools.mllm.base import ImageRef
 from tools.mllm.offline import CONTRADICTION_FEATURES, LOG_EPS, verifier_features, verifier_weights
 
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR)
     root = Path(args.dir)
     try:
-        options: dict = {"synthpedes_dir": root} if args.mllm == "oracle" else {}
+        options: dict = {}
         if args.mllm == "openai":
             options.update({k: v for k, v in (("base_url", args.mllm_url), ("model", args.mllm_model)) if v})
             options["timeout"] = args.mllm_timeout
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.mllm_path:
                 raise ValueError("--mllm transformers needs --mllm-path FOLDER")
             options.update(path=args.mllm_path, device=args.device, timeout=args.mllm_timeout)
-        mllm = make_mllm(args.mllm, protocol=args.mllm_protocol, **options)
+        mllm = make_backend(args.mllm, root, protocol=args.mllm_protocol, **options)
         mllm.preflight()  # a server that cannot answer fails here, before the retrieval model loads
         embedder = Embedder(args.model, device=args.device)
         pairs = verification_pairs(root, args.split, embedder, args.limit, args.seed)

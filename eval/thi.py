@@ -19,21 +19,23 @@ import logging
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from agents.users import SimulatedUser
 from data.readers import FORMAT_NAMES, DatasetError, read_dataset
-from graphs.config import GalleryIndex, THIConfig, THIContext, fusion_weight_field
+from graphs.config import THIConfig, THIContext, fusion_weight_field
 from graphs.demo import open_gallery
 from graphs.report import write_trace
+from graphs.server import make_backend, register, unregister
 from graphs.thi import build_graph, final_scores, recursion_limit
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
 from tools.gallery import GalleryError
-from tools.mllm import MLLM, MLLMError, make_mllm
+from tools.index import GalleryIndex
+from tools.mllm import MLLM, MLLMError
 from tools.mllm.base import ImageRef, Verdict
 
 from .benchmark import sample_indices, split_queries
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 
 class NoisyVerifier(MLLM):
     """Wraps a backend and flips each verification answer with probability ``flip`` (for the study
-    of THI's gain against verification accuracy). Questions pass through unchanged."""
+    of THI's gain against verification accuracy). Questions and abstentions pass through unchanged."""
 
     def __init__(self, inner: MLLM, flip: float, seed: int = 0):
         super().__init__(cache=False)
@@ -55,6 +57,8 @@ class NoisyVerifier(MLLM):
 
     def _verify(self, image: ImageRef, text: str) -> Verdict:
         v = self.inner.verify(image, text)
+        if v.match is None:  # no verdict to flip (and no random number drawn)
+            return v
         if self.rng.random() < self.flip:
             return Verdict(not v.match, v.confidence, "flipped: " + v.reason)
         return v
@@ -119,38 +123,43 @@ def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder:
     calls, latency, baseline_ms, rounds_run = [], [], [], []
     stops: dict[str, int] = {}
     states = []
-    for n, q in enumerate(tqdm(order, desc=f"THI {config.policy}", unit="query", disable=not progress, mininterval=2)):
-        text, pid = texts[q], int(qpids[q])
-        target = records[owner[q]]
-        sim_user = SimulatedUser(user_mllm or mllm, ImageRef(target.image, target.image_path)) if user == "simulated" else None
-        ctx = THIContext(index=index, mllm=mllm, config=config, user=sim_user, target_pid=pid)
-        t0 = time.perf_counter()
-        index.embeddings @ embedder.encode_texts([text], progress=False)[0]  # plain retrieval (uncached)
-        baseline_ms.append((time.perf_counter() - t0) * 1000)
-        for b in backends:  # each dialogue pays for its own answers (see MLLM.clear_cache)
-            b.clear_cache()
-        calls0 = total_calls()
-        t0 = time.perf_counter()
-        snapshots = []
-        for values in graph.stream({"query": text}, context=ctx, config={"recursion_limit": limit_steps},
-                                   stream_mode="values"):
-            if values.get("rounds") and len(values["rounds"]) > len(snapshots):
-                snapshots.append({k: values.get(k) for k in ("query", "current_query", "anchor", "verified", "checked",
-                                                            "stated", "facts")})
-            final = values
-        latency.append((time.perf_counter() - t0) * 1000)
-        calls.append(total_calls() - calls0)
-        stops[final["stopped_because"]] = stops.get(final["stopped_because"], 0) + 1
-        rounds_run.append(len(final["rounds"]))
-        base = index.scores(text)
-        first[n, 0], ap[n, 0], inp[n, 0] = _row_metrics(base, pid, gallery_pids)
-        row = (first[n, 0], ap[n, 0], inp[n, 0])
-        for r in range(1, n_rounds + 1):
-            if r <= len(snapshots):
-                row = _row_metrics(final_scores(snapshots[r - 1], ctx), pid, gallery_pids)
-            first[n, r], ap[n, r], inp[n, r] = row
-        if trace:
-            states.append(final)
+    # the benchmark's own objects (a fresh backend per run, maybe a noisy one) serve its contexts
+    resources = register(index=index, mllm=mllm, user_mllm=user_mllm)
+    run_ctx = THIContext.from_config(config, resources=resources, user="simulated" if user == "simulated" else "none")
+    try:
+        for n, q in enumerate(tqdm(order, desc=f"THI {config.policy}", unit="query", disable=not progress,
+                                   mininterval=2)):
+            text, pid = texts[q], int(qpids[q])
+            ctx = replace(run_ctx, target=records[owner[q]].image, target_pid=pid)
+            t0 = time.perf_counter()
+            index.embeddings @ embedder.encode_texts([text], progress=False)[0]  # plain retrieval (uncached)
+            baseline_ms.append((time.perf_counter() - t0) * 1000)
+            for b in backends:  # each dialogue pays for its own answers (see MLLM.clear_cache)
+                b.clear_cache()
+            calls0 = total_calls()
+            t0 = time.perf_counter()
+            snapshots = []
+            for values in graph.stream({"query": text}, context=ctx, config={"recursion_limit": limit_steps},
+                                       stream_mode="values"):
+                if values.get("rounds") and len(values["rounds"]) > len(snapshots):
+                    snapshots.append({k: values.get(k) for k in ("query", "current_query", "anchor", "verified",
+                                                                "checked", "stated", "facts")})
+                final = values
+            latency.append((time.perf_counter() - t0) * 1000)
+            calls.append(total_calls() - calls0)
+            stops[final["stopped_because"]] = stops.get(final["stopped_because"], 0) + 1
+            rounds_run.append(len(final["rounds"]))
+            base = index.scores(text)
+            first[n, 0], ap[n, 0], inp[n, 0] = _row_metrics(base, pid, gallery_pids)
+            row = (first[n, 0], ap[n, 0], inp[n, 0])
+            for r in range(1, n_rounds + 1):
+                if r <= len(snapshots):
+                    row = _row_metrics(final_scores(snapshots[r - 1], ctx), pid, gallery_pids)
+                first[n, r], ap[n, r], inp[n, r] = row
+            if trace:
+                states.append(final)
+    finally:
+        unregister(resources)
     if trace:
         write_trace(trace, states)
     latency_arr, base_arr = np.asarray(latency), np.asarray(baseline_ms)
@@ -205,8 +214,7 @@ def plot_rounds(reports: list[dict], out: str | Path) -> None:
 
 
 def _mllm(kind: str, root: Path, device: str | None, flip: float = 0.0) -> MLLM:
-    opts: dict = {"synthpedes_dir": root} if kind == "oracle" else ({"device": device} if kind == "offline" else {})
-    m = make_mllm(kind, **opts)
+    m = make_backend(kind, root, **({"device": device} if kind == "offline" else {}))
     return NoisyVerifier(m, flip) if flip > 0 else m
 
 

@@ -1,19 +1,21 @@
-"""THI configuration (plain values) and runtime context (models, gallery, MLLM, user)."""
+"""THI settings and the THI graph's run context, both plain values.
+
+* :class:`THIConfig`: the typed, validated knobs of the THI loop.
+* :class:`THIContext`: what a run is given (``graph.invoke(..., context=THIContext(...))`` or, from a
+  LangGraph client, the same fields as a JSON object): which model, gallery, MLLM backend, policy
+  and user. It holds no live objects: ``graphs.server.resolve`` turns it into them (embedder,
+  gallery index, MLLM, user) through one process-wide cache, so every entry point builds them the
+  same way.
+"""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
-from functools import cached_property
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Annotated, Any, Literal
 
-import numpy as np
+from pydantic import Field
 
-from tools.embedder import Embedder
-from tools.gallery import Gallery
-from tools.mllm.base import MLLM, ImageRef
-from tools.probe import AttributeProbe
+from tools.embedder import DEFAULT_MODEL
 
 Policy = Literal["paper", "adaptive"]
 
@@ -98,57 +100,86 @@ def fusion_weight_field(policy: str) -> str:
     return "lam" if policy == "paper" else "lam_adaptive"
 
 
-class GalleryIndex:
-    """The gallery's embeddings in memory for exact scoring, with a text-embedding cache."""
-
-    def __init__(self, gallery: Gallery, embedder: Embedder, cache_size: int = 4096):
-        self.gallery = gallery
-        self.embedder = embedder
-        self.ids, self.embeddings, self.metadatas = gallery.embeddings()
-        self.position = {i: n for n, i in enumerate(self.ids)}
-        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
-        if self.embeddings.shape[1] != embedder.dim:
-            raise ValueError(f"gallery {gallery.name} holds {self.embeddings.shape[1]}-d embeddings but the model "
-                             f"{embedder.name} makes {embedder.dim}-d ones; re-index the gallery with this model")
-
-    def encode(self, text: str) -> np.ndarray:
-        hit = self._text_cache.get(text)
-        if hit is None:
-            hit = self.embedder.encode_texts([text], progress=False)[0]
-            self._text_cache[text] = hit
-            if len(self._text_cache) > self._cache_size:
-                self._text_cache.popitem(last=False)
-        else:
-            self._text_cache.move_to_end(text)
-        return hit
-
-    def scores(self, text: str) -> np.ndarray:
-        return self.embeddings @ self.encode(text)
-
-    def image(self, image_id: str) -> ImageRef:
-        meta = self.metadatas[self.position[image_id]]
-        return ImageRef(image_id, Path(meta["path"]))
-
-    def pid(self, image_id: str) -> int | None:
-        return self.metadatas[self.position[image_id]].get("pid")
-
-    @cached_property
-    def probe(self) -> AttributeProbe:
-        return AttributeProbe(self.embedder)
-
-    def disagreement(self, ids: list[str], slots: list[str]) -> dict[str, float]:
-        emb = self.embeddings[[self.position[i] for i in ids]]
-        return self.probe.disagreement(emb, slots)
+#: The THIContext fields that are THIConfig fields too (the rest of THIConfig goes in ``config``).
+_OWN_FIELDS = ("policy", "k", "rounds")
+_DEFAULTS = THIConfig()
 
 
-@dataclass
+@dataclass(frozen=True)
 class THIContext:
-    """What the THI graph's nodes use, given at ``invoke(..., context=THIContext(...))``."""
+    """The THI graph's run context: plain JSON values only, so a LangGraph server, an MCP server,
+    a CLI and a test describe a run the same way. ``graphs.server.resolve(context)`` gives the
+    live objects (cached per process); :meth:`thi_config` the validated settings.
 
-    index: GalleryIndex
-    mllm: MLLM
-    config: THIConfig = field(default_factory=THIConfig)
-    user: Any = None  # None, agents.users.SimulatedUser or agents.users.HumanUser
-    target_pid: int | None = None  # when known (benchmarks): traced as the target's rank
-    allowed: set[str] | None = None  # a metadata filter's matches: only these images are ranked
+    >>> ctx = THIContext(policy="paper", config={"xi": 0.8})
+    >>> ctx.thi_config().xi
+    0.8
+    """
+
+    # retrieval
+    model: Annotated[str, Field(
+        description="retrieval model: a registered name, an open_clip name (with pretrained), a checkpoint file "
+                    "or local-dir:FOLDER")] = DEFAULT_MODEL
+    pretrained: Annotated[str | None, Field(description="pretrained tag or checkpoint file for model")] = None
+    gallery: Annotated[str | None, Field(
+        description="dataset folder or image folder; None: the SynthPedes demo gallery")] = None
+    split: Annotated[str, Field(description="split of a dataset folder")] = "test"
+    chroma_url: Annotated[str | None, Field(
+        description="Chroma server URL (http://HOST:PORT) instead of the local Chroma folder")] = None
+    data_dir: Annotated[str | None, Field(description="local Chroma folder (None: $THI_HOME/chroma)")] = None
+    device: Annotated[str | None, Field(description="torch device of the models (None: CUDA when present)")] = None
+    # MLLM
+    mllm: Annotated[str, Field(
+        description="MLLM backend: offline, openai, transformers, or oracle (simulation only)")] = "offline"
+    mllm_url: Annotated[str | None, Field(description="openai: base URL of an OpenAI-compatible server")] = None
+    mllm_model: Annotated[str | None, Field(description="openai: model name")] = None
+    mllm_path: Annotated[str | None, Field(
+        description="transformers: folder of a local image-text-to-text model")] = None
+    mllm_timeout: Annotated[float, Field(description="openai: seconds per request")] = 60.0
+    user_mllm: Annotated[str | None, Field(
+        description="backend of the simulated user (None: the mllm backend)")] = None
+    # THI
+    policy: Annotated[Literal["paper", "adaptive"], Field(
+        description="adaptive (ours) or paper (ICL's published algorithm)")] = _DEFAULTS.policy
+    k: Annotated[int, Field(description="top-k shown, traced and used for convergence")] = _DEFAULTS.k
+    rounds: Annotated[int, Field(description="the loop's own round limit")] = _DEFAULTS.rounds
+    config: Annotated[dict[str, Any], Field(
+        description='further THIConfig settings by name, e.g. {"xi": 0.8}')] = field(default_factory=dict)
+    user: Annotated[Literal["none", "human", "simulated"], Field(
+        description="who answers the questions: none (the MLLM, about the anchor), human (through an "
+                    "interrupt), simulated (an MLLM about the target photo; benchmarks)")] = "none"
+    target: Annotated[str | None, Field(
+        description="image id of the target photo, when known (the simulated user answers about it)")] = None
+    target_pid: Annotated[int | None, Field(
+        description="person id of the target, when known: traced as its rank per round (None: the target "
+                    "photo's person, when target is given)")] = None
+    filter: Annotated[dict[str, Any] | None, Field(
+        description="Chroma metadata filter (a where clause): only matching photos are ranked")] = None
+    resources: Annotated[str | None, Field(
+        description="name of live objects registered in this process (graphs.server.register); they "
+                    "replace what the fields above would build")] = None
+
+    def __post_init__(self) -> None:
+        if self.user not in ("none", "human", "simulated"):
+            raise ValueError(f"user must be 'none', 'human' or 'simulated', not {self.user!r}")
+        if not isinstance(self.config, dict):
+            raise ValueError("config must be an object of THIConfig settings")
+        clash = [k for k in _OWN_FIELDS if k in self.config]
+        if clash:
+            raise ValueError(f"set {', '.join(clash)} as context fields of their own, not in config")
+
+    def thi_config(self) -> THIConfig:
+        """The validated settings (``ValueError`` with a one-line message when one is wrong)."""
+        known = {f.name for f in fields(THIConfig)}
+        unknown = sorted(set(self.config) - known)
+        if unknown:
+            raise ValueError(f"unknown THI setting(s): {', '.join(unknown)}")
+        return THIConfig(policy=self.policy, k=self.k, rounds=self.rounds, **self.config)
+
+    @classmethod
+    def from_config(cls, config: THIConfig, **fields_: Any) -> "THIContext":
+        """The context of ``config`` (only the settings that differ from the defaults go in
+        ``config``), with the other fields given by name."""
+        extra = {k: v for k, v in asdict(config).items()
+                 if k not in _OWN_FIELDS and v != getattr(_DEFAULTS, k)}
+        return cls(policy=config.policy, k=config.k, rounds=config.rounds, config=extra, **fields_)

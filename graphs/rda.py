@@ -400,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts: dict = {}
         if args.mllm == "oracle":
-            opts["synthpedes_dir"] = args.dir
+            from .server import oracle_annotations
+
+            opts["annotations"] = oracle_annotations(args.dir)
         if args.mllm == "openai":
             opts.update({k: v for k, v in (("base_url", args.mllm_url), ("model", args.mllm_model)) if v})
         mllm = make_mllm(args.mllm, **opts)

@@ -7,6 +7,7 @@ from eval.benchmark import main as benchmark_main
 from eval.thi import NoisyVerifier, plot_rounds
 from eval.thi import main as thi_main
 from tools.mllm.base import ImageRef
+from graphs.server import oracle_annotations
 from tools.mllm.oracle import OracleMLLM
 
 from .helpers import tiny_model_dir
@@ -78,9 +79,9 @@ def test_noisy_verifier_flips_answers(small_world):
 
     rec = read_dataset(small_world).split("test")[0]
     image = ImageRef(rec.image, rec.image_path)
-    inner = OracleMLLM(small_world)
+    inner = OracleMLLM(oracle_annotations(small_world))
     always = NoisyVerifier(inner, flip=1.0)
-    never = NoisyVerifier(OracleMLLM(small_world), flip=0.0)
+    never = NoisyVerifier(OracleMLLM(oracle_annotations(small_world)), flip=0.0)
     assert always.verify(image, rec.captions[0]).match != never.verify(image, rec.captions[0]).match
 
 

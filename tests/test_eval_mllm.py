@@ -13,6 +13,7 @@ from eval.mllm import attribute_accuracy, fit_verifier, main, verification_pairs
 from tools.attributes import SLOT_NAMES
 from tools.embedder import Embedder
 from tools.mllm.base import ImageRef
+from graphs.server import oracle_annotations
 from tools.mllm.oracle import OracleMLLM
 
 from .helpers import tiny_model_dir
@@ -47,7 +48,7 @@ def test_pairs_follow_the_paper_construction(small_world, embedder):
 
 
 def test_the_oracle_rejects_every_negative_and_reads_every_attribute(small_world, embedder):
-    oracle = OracleMLLM(small_world)
+    oracle = OracleMLLM(oracle_annotations(small_world))
     pairs = verification_pairs(small_world, "test", embedder)
     scores = verification_scores(oracle, pairs, progress=False)
     assert scores["negative_recall"] == 1.0

@@ -6,6 +6,7 @@ import pytest
 from data.readers import DatasetError
 from graphs.rda import main as rda_main
 from graphs.rda import run_rda
+from graphs.server import oracle_annotations
 from tools.mllm.oracle import OracleMLLM
 from tools.mllm.parser import parse
 from tools.paraphraser import UNITS, decompose, rephrase, reorganise, rule_paraphrases
@@ -48,7 +49,7 @@ def test_rephrase_says_the_same_facts_differently():
 
 @pytest.fixture()
 def oracle(small_world):
-    return OracleMLLM(small_world)
+    return OracleMLLM(oracle_annotations(small_world))
 
 
 def _journal(out):
@@ -79,7 +80,7 @@ def test_rda_output_layout_quality_and_resume(small_world, tmp_path, oracle):
     _journal(out).write_text("\n".join(lines[: len(lines) // 2]) + '\n{"index": 9, "diversi')
     first = out.read_bytes()
     out.unlink()
-    again = run_rda(small_world, out, OracleMLLM(small_world), m=4, progress=False, batch_size=8)
+    again = run_rda(small_world, out, OracleMLLM(oracle_annotations(small_world)), m=4, progress=False, batch_size=8)
     assert out.read_bytes() == first
     assert again["processed"] == len(train)
     # a journal written with other weights behind the same backend name is not resumed
@@ -91,9 +92,9 @@ def test_rda_output_layout_quality_and_resume(small_world, tmp_path, oracle):
     lines = _journal(out).read_text().splitlines()
     _journal(out).write_text("\n".join(lines[:2]) + "\n")
     with pytest.raises(RuntimeError, match="other settings"):
-        run_rda(small_world, out, Retrained(small_world), m=4, progress=False, batch_size=8)
+        run_rda(small_world, out, Retrained(oracle_annotations(small_world)), m=4, progress=False, batch_size=8)
     # ... unless told to start again: then every record is redone with the new backend
-    redone = run_rda(small_world, out, Retrained(small_world), m=4, progress=False, batch_size=8, restart=True)
+    redone = run_rda(small_world, out, Retrained(oracle_annotations(small_world)), m=4, progress=False, batch_size=8, restart=True)
     assert redone["processed"] == len(train) and out.read_bytes() == first
     meta = json.loads(out.with_name(out.name + ".journal.meta.json").read_text())
     assert meta["mllm"] == "oracle:other-weights"
@@ -121,9 +122,9 @@ def test_rda_skips_and_counts_bad_records(small_world, tmp_path):
             return super()._ask(image, slots)
 
     with pytest.raises(DatasetError, match=r"1 of \d+ image files of split train do not exist.*--skip-missing"):
-        run_rda(world, tmp_path / "o.json", Garbled(world), format="cuhk-pedes", m=3, progress=False)
+        run_rda(world, tmp_path / "o.json", Garbled(oracle_annotations(world)), format="cuhk-pedes", m=3, progress=False)
     assert rda_main([str(world), "--out", str(tmp_path / "o.json"), "--mllm", "oracle", "--quiet"]) == 1
-    report = run_rda(world, tmp_path / "o.json", Garbled(world), format="cuhk-pedes", m=3, progress=False,
+    report = run_rda(world, tmp_path / "o.json", Garbled(oracle_annotations(world)), format="cuhk-pedes", m=3, progress=False,
                      skip_missing=True)
     assert report["skipped"] == {"no captions": 1, "image missing": 1, "mllm answer unusable (unparseable)": 1}
     got = json.loads((tmp_path / "o.json").read_text())

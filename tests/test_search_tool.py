@@ -4,6 +4,7 @@ from langchain_core.messages import AIMessage, ToolMessage
 from pydantic import ValidationError
 
 from graphs.config import THIConfig
+from graphs.server import oracle_annotations
 from graphs.service import THIService
 from tools.mllm.oracle import OracleMLLM
 from tools.search_tool import PersonSearchArgs, make_search_tool
@@ -20,7 +21,8 @@ class ToolCallingFake(GenericFakeChatModel):
 
 @pytest.fixture()
 def service(setup):  # noqa: F811
-    return THIService(setup["index"], OracleMLLM(setup["world"]), THIConfig(policy="adaptive"))
+    return THIService.with_objects(setup["index"], OracleMLLM(oracle_annotations(setup["world"])),
+                                   THIConfig(policy="adaptive"))
 
 
 def test_tool_schema_and_direct_call(service):
@@ -70,3 +72,13 @@ def test_injected_runner_needs_no_graph():
     tool = make_search_tool(runner)
     text = tool.invoke({"query": "someone", "k": 1, "filter": {"camera": 2}})
     assert "a.jpg" in text and calls == [("someone", 1, 3, {"camera": 2})]
+
+
+def test_default_service_builds_its_objects_from_plain_values(setup):  # noqa: F811
+    service = THIService.default(gallery=setup["world"], model=setup["model"], mllm="oracle",
+                                 config=THIConfig(policy="paper", xi=-1.0), data_dir=str(setup["db"]), device="cpu")
+    assert service.context.gallery == str(setup["world"]) and service.config.xi == -1.0
+    assert service.index.ids == setup["index"].ids and service.mllm.is_oracle  # the indexed test gallery
+    result = service.search("a woman in a red coat", k=3, rounds=1)
+    assert len(result["ranking"]) == 3 and result["mllm_calls"] >= 1
+    assert all(c["pid"] == service.index.pid(c["id"]) for c in result["ranking"])

@@ -7,12 +7,14 @@ import pytest
 from langgraph.types import Command
 
 from agents.users import HumanUser, SimulatedUser
-from graphs.cli import main as thi_main
-from graphs.config import GalleryIndex, THIConfig, THIContext, fusion_weight_field
+from graphs.config import THIConfig, fusion_weight_field
+from graphs.server import live_context, oracle_annotations, resolve
 from graphs.thi import (GATE_CLOSED, NO_ANCHOR, REFINED_ONCE, USER_FINISHED, build_graph, final_scores,
                         recursion_limit, run)
+from graphs.thi.cli import main as thi_main
 from tools.embedder import Embedder
 from tools.gallery import Gallery, items_for
+from tools.index import GalleryIndex
 from tools.mllm.base import MLLM, Answer, MLLMError, Verdict
 from tools.mllm.oracle import OracleMLLM
 
@@ -61,7 +63,7 @@ def test_paper_round_one_anchor_refines_once_and_fuses(setup):
     idx = setup["index"]
     mllm = ScriptedMLLM([True])
     cfg = THIConfig(policy="paper", xi=-1.0)  # the top-1 similarity is always above the gate
-    state = run(QUERY, THIContext(idx, mllm, cfg))
+    state = run(QUERY, live_context(idx, mllm, cfg))
     top1 = state["original_ranking"][0]["id"]
     assert state["anchor"] == top1 and state["stopped_because"] == REFINED_ONCE
     assert len(state["rounds"]) == 1 and mllm.stats.calls["verify"] == 1
@@ -72,7 +74,7 @@ def test_paper_round_one_anchor_refines_once_and_fuses(setup):
     new = idx.scores(state["current_query"])
     expected = 0.8 * orig + 0.2 * new
     expected[idx.position[top1]] = 0.8 * orig[idx.position[top1]] + 0.2
-    assert np.allclose(final_scores(state, THIContext(idx, mllm, cfg)), expected, atol=1e-6)
+    assert np.allclose(final_scores(state, live_context(idx, mllm, cfg)), expected, atol=1e-6)
     assert state["current_query"].startswith(QUERY)
 
 
@@ -80,11 +82,11 @@ def test_paper_gate_below_xi_accepts_a_later_candidate(setup):
     idx = setup["index"]
     cfg = THIConfig(policy="paper", xi=2.0)  # the top-1 similarity is always at most the gate
     mllm = ScriptedMLLM([False, True])
-    state = run(QUERY, THIContext(idx, mllm, cfg))
+    state = run(QUERY, live_context(idx, mllm, cfg))
     assert state["anchor"] == state["original_ranking"][1]["id"] and len(state["rounds"]) == 2
     # a "yes" in round 1 below the gate is refused, and it closes the gate for later rounds
     mllm = ScriptedMLLM([True, True])
-    state = run(QUERY, THIContext(idx, mllm, cfg))
+    state = run(QUERY, live_context(idx, mllm, cfg))
     assert state["anchor"] is None and state["stopped_because"] == GATE_CLOSED
     assert mllm.stats.calls["verify"] == 1
     assert state["ranking"] == state["original_ranking"]
@@ -92,7 +94,7 @@ def test_paper_gate_below_xi_accepts_a_later_candidate(setup):
 
 def test_paper_walks_at_most_five_candidates(setup):
     mllm = ScriptedMLLM([False] * 9)
-    state = run(QUERY, THIContext(setup["index"], mllm, THIConfig(policy="paper", xi=2.0)))
+    state = run(QUERY, live_context(setup["index"], mllm, THIConfig(policy="paper", xi=2.0)))
     assert mllm.verified_ids == [c["id"] for c in state["original_ranking"][:5]]
     assert state["stopped_because"] == NO_ANCHOR
 
@@ -101,7 +103,7 @@ def test_paper_walks_at_most_five_candidates(setup):
 def test_adaptive_failed_anchor_keeps_the_original_ranking(setup, search):
     mllm = ScriptedMLLM([False] * 20)
     cfg = THIConfig(policy="adaptive", anchor_search=search)
-    state = run(QUERY, THIContext(setup["index"], mllm, cfg))
+    state = run(QUERY, live_context(setup["index"], mllm, cfg))
     assert state["anchor"] is None and state["stopped_because"] == NO_ANCHOR
     assert state["ranking"] == state["original_ranking"]
     budget = cfg.anchor_depth if search == "sequential" else cfg.verify_budget
@@ -111,14 +113,14 @@ def test_adaptive_failed_anchor_keeps_the_original_ranking(setup, search):
     assert all(r["inspected"] for r in state["rounds"])
     per_round = budget if search == "sequential" else cfg.verify_per_round
     assert len(state["rounds"]) == -(-budget // per_round)
-    assert np.array_equal(final_scores(state, THIContext(setup["index"], mllm, cfg)), setup["index"].scores(QUERY))
+    assert np.array_equal(final_scores(state, live_context(setup["index"], mllm, cfg)), setup["index"].scores(QUERY))
 
 
 def test_sequential_search_stops_at_the_first_confident_yes(setup):
     idx = setup["index"]
     mllm = ScriptedMLLM([False, False, True, True, True, True, True])
     cfg = THIConfig(policy="adaptive", rounds=4, verify_after_anchor=2)
-    state = run(QUERY, THIContext(idx, mllm, cfg))
+    state = run(QUERY, live_context(idx, mllm, cfg))
     original = [c["id"] for c in state["original_ranking"]]
     first = state["rounds"][0]
     assert [i["id"] for i in first["inspected"]] == original[:3]
@@ -130,7 +132,7 @@ def test_sequential_search_stops_at_the_first_confident_yes(setup):
     assert mllm.stats.calls["verify"] == 5 and mllm.stats.calls["ask"] == 1
     # a "yes" below min_yes_confidence (the script answers with confidence 0.9) is not an anchor
     mllm = ScriptedMLLM([True] * 20)
-    state = run(QUERY, THIContext(idx, mllm, THIConfig(policy="adaptive", min_yes_confidence=0.95, anchor_depth=4)))
+    state = run(QUERY, live_context(idx, mllm, THIConfig(policy="adaptive", min_yes_confidence=0.95, anchor_depth=4)))
     assert state["anchor"] is None and mllm.stats.calls["verify"] == 4
     assert state["ranking"] == state["original_ranking"]
 
@@ -152,7 +154,7 @@ def test_adaptive_anchor_adds_facts_and_moves_verified_candidates(setup):
                                                       "bag_color": "pink", "hand_object": "phone", "belt": "belt",
                                                       "pattern": "plain", "shoes_color": "white"})
     cfg = THIConfig(policy="adaptive", rounds=3, anchor_search="batch")
-    state = run(QUERY, THIContext(idx, mllm, cfg))
+    state = run(QUERY, live_context(idx, mllm, cfg))
     first = state["rounds"][0]
     assert [i["match"] for i in first["inspected"]] == [False, True, True]
     assert state["anchor"] == first["inspected"][1]["id"]
@@ -168,22 +170,22 @@ def test_adaptive_anchor_adds_facts_and_moves_verified_candidates(setup):
 def test_adaptive_anchor_image_pulls_up_similar_photos(setup):
     idx = setup["index"]
     plain = THIConfig(policy="adaptive", rounds=1, anchor_image_weight=0.0)
-    state = run(QUERY, THIContext(idx, ScriptedMLLM([True]), plain))
+    state = run(QUERY, live_context(idx, ScriptedMLLM([True]), plain))
     anchor = state["anchor"]
     assert anchor is not None
     with_image = THIConfig(policy="adaptive", rounds=1, anchor_image_weight=0.25)
-    delta = final_scores(state, THIContext(idx, ScriptedMLLM([]), with_image)) - \
-        final_scores(state, THIContext(idx, ScriptedMLLM([]), plain))
+    delta = final_scores(state, live_context(idx, ScriptedMLLM([]), with_image)) - \
+        final_scores(state, live_context(idx, ScriptedMLLM([]), plain))
     assert np.allclose(delta, 0.25 * (idx.embeddings @ idx.embeddings[idx.position[anchor]]), atol=1e-6)
     # without an anchor nothing moves, whatever the weight
-    failed = run(QUERY, THIContext(idx, ScriptedMLLM([False] * 9), with_image))
+    failed = run(QUERY, live_context(idx, ScriptedMLLM([False] * 9), with_image))
     assert failed["ranking"] == failed["original_ranking"]
 
 
 def test_adaptive_fusion_has_its_own_weight_and_the_papers_is_left_alone(setup):
     idx = setup["index"]
     base = THIConfig(policy="adaptive", rounds=1, anchor_image_weight=0.0, verify_weight=0.0)
-    state = run(QUERY, THIContext(idx, ScriptedMLLM([True]), base))
+    state = run(QUERY, live_context(idx, ScriptedMLLM([True]), base))
     anchor = state["anchor"]
     assert anchor is not None and state["current_query"] != QUERY  # the anchor's answers were merged
     original, new = idx.scores(QUERY), idx.scores(state["current_query"])
@@ -191,7 +193,7 @@ def test_adaptive_fusion_has_its_own_weight_and_the_papers_is_left_alone(setup):
     for lam_adaptive in (0.9, 0.5):
         for paper_lam in (0.8, 0.1):  # the paper policy's weight plays no part in ours
             cfg = replace(base, lam_adaptive=lam_adaptive, lam=paper_lam)
-            scores = final_scores(state, THIContext(idx, ScriptedMLLM([]), cfg))
+            scores = final_scores(state, live_context(idx, ScriptedMLLM([]), cfg))
             assert np.allclose(scores, lam_adaptive * original + (1 - lam_adaptive) * new, atol=1e-6)
     assert THIConfig().lam == 0.8  # the paper's lambda stays its default
     assert fusion_weight_field("paper") == "lam" and fusion_weight_field("adaptive") == "lam_adaptive"
@@ -201,11 +203,11 @@ def test_adaptive_fusion_has_its_own_weight_and_the_papers_is_left_alone(setup):
 
 @pytest.mark.parametrize("check", ["answers", "verify"])
 def test_with_a_user_more_candidates_are_checked_within_their_budget(setup, check):
-    mllm = OracleMLLM(setup["world"])
+    mllm = OracleMLLM(oracle_annotations(setup["world"]))
     cfg = THIConfig(policy="adaptive", rounds=3, user_verify_per_round=4, user_verify_budget=6, user_check=check)
     target = setup["index"].ids[0]
     user = SimulatedUser(mllm, setup["index"].image(target))
-    state = run("a person", THIContext(setup["index"], mllm, cfg, user=user))
+    state = run("a person", live_context(setup["index"], mllm, cfg, user=user))
     per_round = [len(r["inspected"]) for r in state["rounds"]]
     assert per_round[0] == 4 and sum(per_round) <= 6
 
@@ -242,7 +244,7 @@ def test_with_a_user_verification_checks_facts_the_text_encoder_had_no_room_for(
     # many words, few attributes: the first round's answers no longer fit beside them
     query = ("Someone I saw from a distance near the entrance of the old station building in the late afternoon "
              "light, moving past the kiosk and the timetable board towards the platforms on the far side.")
-    state = run(query, THIContext(setup["index"], mllm, cfg, user=user))
+    state = run(query, live_context(setup["index"], mllm, cfg, user=user))
     notes = [n for r in state["rounds"] for n in r["notes"]]
     assert any("left out to fit" in n for n in notes)
     emb = setup["index"].embedder
@@ -278,7 +280,7 @@ def test_with_a_user_the_photo_context_is_asked_and_a_no_is_rechecked_for_the_pe
     monkeypatch.setattr(setup["index"], "disagreement", lambda ids, slots: {s: 1.0 for s in slots})
     cfg = THIConfig(policy="adaptive", rounds=2, questions_per_round=30, user_verify_per_round=3, user_check="verify")
     user = SimulatedUser(mllm, setup["index"].image(setup["index"].ids[0]))
-    ctx = THIContext(setup["index"], mllm, cfg, user=user)
+    ctx = live_context(setup["index"], mllm, cfg, user=user)
     state = run("a person", ctx)
     assert set(context) <= set(state["asked"]) and set(context) <= set(state["facts"])
     assert set(context) <= set(parse(state["current_query"]).constraints)  # the retriever hears them
@@ -290,7 +292,7 @@ def test_with_a_user_the_photo_context_is_asked_and_a_no_is_rechecked_for_the_pe
     pos = setup["index"].position[checked[0]["id"]]
     assert moved[pos] == pytest.approx(cfg.user_verify_weight * cfg.user_elsewhere_factor * (2 * 0.8 - 1))
     without = THIConfig(policy="adaptive", rounds=2, questions_per_round=30, ask_context=False)
-    state = run("a person", THIContext(setup["index"], RecordingMLLM(ALL_ANSWERS), without, user=user))
+    state = run("a person", live_context(setup["index"], RecordingMLLM(ALL_ANSWERS), without, user=user))
     assert not set(context) & set(state["asked"])
 
 
@@ -314,16 +316,16 @@ class PerPhotoMLLM(ScriptedMLLM):
         return [Answer(s, table.get(s), 0.9, str(table.get(s))) for s in slots]
 
 
-def _user_setup(setup, fail_others=False):
+def _user_setup(setup, fail_others=False, **settings):
     idx = setup["index"]
     ranked = [idx.ids[i] for i in np.argsort(-idx.scores("a person"), kind="stable")]
     target = ranked[3]  # not where the query alone puts it
     others = {**ALL_ANSWERS, "upper_color": "red", "hat": "none"}
     mllm = PerPhotoMLLM(target, ALL_ANSWERS, others, fail_others)
     user = SimulatedUser(PerPhotoMLLM(target, ALL_ANSWERS, others), idx.image(target))  # its own record of asks
-    cfg = THIConfig(policy="adaptive", rounds=2, questions_per_round=30, user_verify_per_round=5,
-                    user_verify_window=5, user_verify_budget=10)
-    return THIContext(idx, mllm, cfg, user=user), target
+    cfg = THIConfig(**{"policy": "adaptive", "rounds": 2, "questions_per_round": 30, "user_verify_per_round": 5,
+                       "user_verify_window": 5, "user_verify_budget": 10, **settings})
+    return live_context(idx, mllm, cfg, user=user), target
 
 
 def test_with_a_user_candidates_answer_the_questionnaire_once_and_the_one_that_fits_rises(setup):
@@ -331,9 +333,10 @@ def test_with_a_user_candidates_answer_the_questionnaire_once_and_the_one_that_f
     from tools.attributes import SLOT_NAMES
 
     ctx, target = _user_setup(setup)
+    live = resolve(ctx)
     state = run("a person", ctx)
-    assert all(slots == tuple(SLOT_NAMES) for _, slots in ctx.mllm.asked)  # the whole questionnaire
-    candidates = [i for i, _ in ctx.mllm.asked]
+    assert all(slots == tuple(SLOT_NAMES) for _, slots in live.mllm.asked)  # the whole questionnaire
+    candidates = [i for i, _ in live.mllm.asked]
     assert set(candidates) == set(state["checked"])
     assert len(candidates) == len(set(candidates)) <= 10  # each checked once, within the budget
     assert len(state["rounds"][0]["inspected"]) == 5 and len(state["rounds"][1]["inspected"]) >= 1
@@ -347,22 +350,19 @@ def test_with_a_user_candidates_answer_the_questionnaire_once_and_the_one_that_f
     weights = {"action": 0.5, "background": 0.5, "other_people": 0.5}
     fit = agreement(state["checked"][target], known, 0.3, 0.02, weights).score
     moved = final_scores(state, ctx) - final_scores({**state, "checked": {}}, ctx)
-    assert moved[ctx.index.position[target]] == pytest.approx(ctx.config.agreement_weight * fit)
-    others = [moved[ctx.index.position[i]] for i in state["checked"] if i != target]
-    assert fit > 0 and max(others) < moved[ctx.index.position[target]]
+    assert moved[live.index.position[target]] == pytest.approx(live.config.agreement_weight * fit)
+    others = [moved[live.index.position[i]] for i in state["checked"] if i != target]
+    assert fit > 0 and max(others) < moved[live.index.position[target]]
 
 
 def test_with_a_user_the_questions_are_where_the_candidates_answers_differ(setup):
-    from dataclasses import replace
-
-    ctx, target = _user_setup(setup)
-    ctx.config = replace(ctx.config, questions_per_round=5)
+    ctx, target = _user_setup(setup, questions_per_round=5)
     state = run("a person", ctx)
     # the checked top candidates differ only on the upper colour and the hat (the colour question
     # comes with its garment); all else they agree on
     asked = {"upper_type", "upper_color", "hat"}
     assert set(state["rounds"][0]["questions"]) == asked
-    ctx.config = replace(ctx.config, questions_from="probe")
+    ctx, _ = _user_setup(setup, questions_per_round=5, questions_from="probe")
     assert set(run("a person", ctx)["rounds"][0]["questions"]) != asked
 
 
@@ -379,7 +379,7 @@ def test_with_a_user_a_candidate_that_cannot_answer_is_skipped_and_traced(setup)
 @pytest.mark.parametrize("fail", ["verify", "ask"])
 def test_mllm_failures_are_skipped_and_traced(setup, fail):
     mllm = ScriptedMLLM([True, True, True], fail=fail)
-    state = run(QUERY, THIContext(setup["index"], mllm, THIConfig(policy="adaptive")))
+    state = run(QUERY, live_context(setup["index"], mllm, THIConfig(policy="adaptive")))
     notes = [n for r in state["rounds"] for n in r["notes"]]
     assert any("skipped" in n for n in notes)
     if fail == "verify":
@@ -389,29 +389,29 @@ def test_mllm_failures_are_skipped_and_traced(setup, fail):
 
 
 def test_round_limit_is_the_graphs_own(setup):
-    mllm = OracleMLLM(setup["world"])
+    mllm = OracleMLLM(oracle_annotations(setup["world"]))
     cfg = THIConfig(policy="adaptive", rounds=2)
     target = setup["index"].ids[0]
     user = SimulatedUser(mllm, setup["index"].image(target))
-    state = build_graph().invoke({"query": "a person"}, context=THIContext(setup["index"], mllm, cfg, user=user),
+    state = build_graph().invoke({"query": "a person"}, context=live_context(setup["index"], mllm, cfg, user=user),
                                  config={"recursion_limit": recursion_limit(cfg)})
     assert len(state["rounds"]) <= 2 and state["stopped_because"]
 
 
 def test_empty_query_is_refused(setup):
     with pytest.raises(ValueError, match="empty"):
-        run("   ", THIContext(setup["index"], ScriptedMLLM([]), THIConfig()))
+        run("   ", live_context(setup["index"], ScriptedMLLM([]), THIConfig()))
 
 
 def test_long_query_runs_and_reports_truncation(setup):
     long = QUERY + " " + " ".join(["She also wears a very long and detailed red coat with many buttons."] * 8) + " ENDWORD"
-    state = run(long, THIContext(setup["index"], ScriptedMLLM([False] * 9), THIConfig()))
+    state = run(long, live_context(setup["index"], ScriptedMLLM([False] * 9), THIConfig()))
     assert state["truncated"].endswith("ENDWORD")
 
 
 def _interactive(setup, checkpointer):
     graph = build_graph(checkpointer)
-    ctx = THIContext(setup["index"], OracleMLLM(setup["world"]), THIConfig(policy="adaptive", rounds=3), user=HumanUser())
+    ctx = live_context(setup["index"], OracleMLLM(oracle_annotations(setup["world"])), THIConfig(policy="adaptive", rounds=3), user=HumanUser())
     return graph, ctx
 
 
@@ -471,7 +471,7 @@ def test_cli_json_trace_report_and_errors(setup, tmp_path, capsys):
 
 
 def test_cli_prints_the_best_ranked_checks_and_sums_up_the_rest(capsys):
-    from graphs.cli import SHOWN_CHECKS, _print_round
+    from graphs.thi.cli import SHOWN_CHECKS, _print_round
 
     n = SHOWN_CHECKS + 3
     inspected = [{"id": f"p{r}", "rank": r, "match": r % 2 == 0, "confidence": 0.9, "reason": "r", "cached": False}

@@ -9,6 +9,7 @@ import train.loop as loop
 from data.synthpedes import WorldConfig, generate
 from graphs.rda import run_rda
 from tools.embedder import Embedder
+from graphs.server import oracle_annotations
 from tools.mllm.oracle import OracleMLLM
 from train.loop import TrainConfig, TrainingError, fit
 
@@ -63,7 +64,7 @@ def test_a_killed_run_resumes_where_it_stopped(small_world, model, tmp_path, mon
 
 def test_rda_captions_enter_the_loss(small_world, model, tmp_path, monkeypatch):
     rda = tmp_path / "rda.json"
-    run_rda(small_world, rda, OracleMLLM(small_world), m=3, progress=False)
+    run_rda(small_world, rda, OracleMLLM(oracle_annotations(small_world)), m=3, progress=False)
     seen = []
     real = TrainConfig.rda_weight
     monkeypatch.setattr(TrainConfig, "rda_weight", lambda self, epoch: seen.append(epoch) or real(self, epoch))

@@ -21,8 +21,10 @@ CHAT_BACKENDS = ("openai", "transformers", "langchain")
 
 
 def make_mllm(kind: str = "offline", protocol: Any = None, **options: Any) -> MLLM:
-    """Build a backend by name. ``langchain`` takes a chat model object: use
-    ``tools.mllm.langchain_backend.LangChainMLLM(chat_model)`` directly.
+    """Build a backend by name, with the backend's own keyword options. ``oracle`` takes
+    ``annotations`` (image id -> annotation, see :class:`tools.mllm.oracle.OracleMLLM`;
+    ``graphs.server.make_backend`` loads them from a SynthPedes folder). ``langchain`` takes a chat
+    model object: use ``tools.mllm.langchain_backend.LangChainMLLM(chat_model)`` directly.
 
     ``protocol`` (a preset name, a JSON file path or a ``Protocol``) is for the chat backends; the
     offline and oracle backends have no prompts and accept only ``None`` or ``"ours"``. Raises
@@ -50,6 +52,9 @@ def make_mllm(kind: str = "offline", protocol: Any = None, **options: Any) -> ML
     if kind == "oracle":
         from .oracle import OracleMLLM
 
+        if "annotations" not in options:
+            raise ValueError("the oracle backend needs annotations (image id -> attributes); "
+                             "graphs.server.make_backend loads them from a SynthPedes folder")
         return OracleMLLM(**options)
     raise ValueError(f"unknown MLLM backend {kind!r} (choose from: {', '.join(BACKENDS)}, or langchain from code)")
 

@@ -1,4 +1,8 @@
-"""python -m graphs.thi --query TEXT: interactive text-to-image person retrieval from the terminal."""
+"""python -m graphs.thi --query TEXT: interactive text-to-image person retrieval from the terminal.
+
+The flags describe one run context (:class:`graphs.config.THIContext`); the models, gallery and
+MLLM come from ``graphs.server``'s cache, as for every other entry point.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,17 @@ import json
 import logging
 import sys
 import uuid
-from pathlib import Path
 
 from langgraph.types import Command
 
-from agents.users import HumanUser
-from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
+from tools.embedder import DEFAULT_MODEL, EmbedderError
 from tools.gallery import GalleryError
-from tools.mllm import BACKENDS, MLLMError, make_mllm
+from tools.mllm import BACKENDS, MLLMError
 
-from .config import GalleryIndex, THIConfig, THIContext, fusion_weight_field
-from .demo import open_gallery
-from .report import write_report, write_trace
-from .thi import build_graph, recursion_limit
+from ..config import THIConfig, THIContext, fusion_weight_field
+from ..report import write_report, write_trace
+from ..server import backend_for, open_index
+from .graph import build_graph, recursion_limit
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _mllm_options(args: argparse.Namespace, gallery_folder: Path) -> dict:
-    if args.mllm == "openai":
-        opts = {"timeout": args.mllm_timeout}
-        if args.mllm_url:
-            opts["base_url"] = args.mllm_url
-        if args.mllm_model:
-            opts["model"] = args.mllm_model
-        return opts
-    if args.mllm == "transformers":
-        if not args.mllm_path:
-            raise ValueError("--mllm transformers needs --mllm-path FOLDER")
-        return {"path": args.mllm_path, "device": args.device}
-    if args.mllm == "oracle":
-        return {"synthpedes_dir": gallery_folder}
-    return {"device": args.device}
+def context_from_args(args: argparse.Namespace) -> THIContext:
+    """The run context the flags describe."""
+    fusion = {} if args.lam is None else {fusion_weight_field(args.policy): args.lam}
+    return THIContext(model=args.model, pretrained=args.pretrained, gallery=args.gallery, split=args.split,
+                      chroma_url=args.url, data_dir=args.data_dir, device=args.device, mllm=args.mllm,
+                      mllm_url=args.mllm_url, mllm_model=args.mllm_model, mllm_path=args.mllm_path,
+                      mllm_timeout=args.mllm_timeout, policy=args.policy, k=args.k, rounds=args.rounds,
+                      config={"xi": args.xi, "anchor_depth": args.anchor_depth, **fusion},
+                      user="human" if args.interactive else "none")
 
 
 #: checks printed per round; the rest are summed up in one line (--json and --trace hold them all)
@@ -137,20 +133,18 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the query is empty", file=sys.stderr)
         return 2
     try:
-        fusion = {} if args.lam is None else {fusion_weight_field(args.policy): args.lam}
-        cfg = THIConfig(policy=args.policy, k=args.k, rounds=args.rounds, xi=args.xi, anchor_depth=args.anchor_depth,
-                        **fusion)
+        ctx = context_from_args(args)
+        cfg = ctx.thi_config()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     progress = not (args.quiet or args.json)
     try:
-        embedder = Embedder(args.model, args.pretrained, device=args.device)
+        if args.mllm == "transformers" and not args.mllm_path:
+            raise ValueError("--mllm transformers needs --mllm-path FOLDER")
         demo = args.gallery is None
-        gallery, folder = open_gallery(args.gallery, embedder, args.split, args.url, args.data_dir,
-                                       index_if_missing=demo or args.index, progress=progress)
-        index = GalleryIndex(gallery, embedder)
-        mllm = make_mllm(args.mllm, **_mllm_options(args, folder))
+        index = open_index(ctx, index_if_missing=demo or args.index, progress=progress)
+        mllm = backend_for(ctx)
     except GalleryError as e:
         hint = "" if "index it with" in str(e) else ""
         print(f"error: {e}{hint}" + ("" if args.gallery is None else
@@ -160,8 +154,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
 
-    user = HumanUser() if args.interactive else None
-    ctx = THIContext(index=index, mllm=mllm, config=cfg, user=user)
     checkpointer = None
     if args.interactive or args.checkpoint:
         if args.checkpoint:
