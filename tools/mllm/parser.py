@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 COLOUR_WORDS: dict[str, str] = {
     "black": "black", "jet black": "black", "pitch black": "black", "blackish": "black",
     "white": "white", "ivory": "white", "off white": "white", "snow white": "white", "whitish": "white",
-    "grey": "grey", "gray": "grey", "silver": "grey", "charcoal": "grey", "ash": "grey", "greyish": "grey",
+    "grey": "grey", "gray": "grey", "silver": "grey", "charcoal": "grey", "ash grey": "grey", "greyish": "grey",
     "grayish": "grey", "slate grey": "grey", "slate gray": "grey",
     "beige": "beige", "tan": "beige", "cream": "beige", "khaki": "beige", "camel": "beige", "sand": "beige",
     "brown": "brown", "light brown": "brown", "dark brown": "brown", "chocolate": "brown", "coffee coloured": "brown", "coffee colored": "brown", "brownish": "brown",
@@ -66,7 +66,7 @@ COLOUR_WORDS: dict[str, str] = {
     "pink": "pink", "rose": "pink", "magenta": "pink", "fuchsia": "pink", "hot pink": "pink", "salmon": "pink",
     "salmon pink": "pink", "pinkish": "pink",
     "yellow": "yellow", "gold": "yellow", "golden": "yellow", "mustard": "yellow", "lemon": "yellow",
-    "yellowish": "yellow",
+    "yellowish": "yellow", "yelowish": "yellow",
     "green": "green", "olive": "green", "lime": "green", "army green": "green", "sea green": "green",
     "forest green": "green", "emerald": "green", "mint green": "green", "greenish": "green",
     "blue": "blue", "sky blue": "blue", "royal blue": "blue", "baby blue": "blue", "powder blue": "blue",
@@ -301,6 +301,7 @@ def _normalise_words(text: str) -> list[str]:
     text = re.sub(r"([a-z])/([a-z])", r"\1 or \2", text)
     text = text.replace("&", " and ")
     text = re.sub(r"\bprinted with\b", "with", text)
+    text = re.sub(r"\b([a-z]+?)e?-ish\b", r"\1ish", text)  # "blue-ish" -> bluish
     text = re.sub(r"n't\b", " n't", text)
     text = re.sub(r"'s\b", " 's", text)
     text = re.sub(r"-+", " ", text)
@@ -972,10 +973,9 @@ class _Reader:
         if prep in ("in", "on", "over", "across", "around", "at", "from", "under"):
             part = self._part_after(m + 1)
             words = " ".join(t.text for t in toks[m + 1:m + 4])
-            if part == "back" or part == "shoulders" and ("both" in words or prep == "on" and "his" not in words
-                                                          and "her" not in words and False):
+            if part == "back" or part == "shoulders" and "both" in words:
                 np_.carried_on = "back"
-            elif part in ("shoulder", "body", "chest") or (part == "shoulders" and prep == "over" and "both" not in words):
+            elif part in ("shoulder", "body", "chest"):
                 np_.carried_on = "shoulder"
             elif part in ("hand", "hands", "arm", "arms", "wrist"):
                 np_.carried_on = "hand"
