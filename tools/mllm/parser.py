@@ -111,7 +111,8 @@ _add("upper_type", "coat", "coat", "long coat", "overcoat", "trench coat", "tren
 _add("upper_type", None, "top", "upper garment", "upper body garment", "upper clothing", "upper body clothing",
      "upper clothes", "upper body", "jersey", "tank top", "crop top", "vest top", "tops", "tank", "singlet")
 #: tops worn over another top that the vocabulary has no value for: they are the outer layer
-LAYER_NOUNS = {"vest", "waistcoat", "gilet", "vests", "body warmer", "bodywarmer", "suit vest", "sweater vest"}
+LAYER_NOUNS = {"vest", "waistcoat", "gilet", "vests", "body warmer", "bodywarmer", "suit vest", "sweater vest",
+               "suit", "suits", "tuxedo"}
 _add("upper_type", None, *LAYER_NOUNS)
 _add("lower_type", "trousers", "trousers", "pants", "slacks", "chinos", "sweatpants", "sweat pants", "joggers",
      "long pants", "dress pants", "trouser", "track pants", "trackpants", "cargo pants", "khakis", "capris",
@@ -160,7 +161,7 @@ HAIR_NOUNS = {"hair", "hairs", "hairstyle", "hairdo", "haircut", "ponytail", "po
               "plait", "plaits", "curls", "locks", "haired", "ponytails", "pigtails"}
 #: known garments, items and things the vocabulary has no value for: they take their own modifiers
 OTHER_NOUNS = {
-    "dress", "dresses", "gown", "sundress", "suit", "suits", "tuxedo", "uniform", "leggings", "tights", "stockings",
+    "dress", "dresses", "gown", "sundress", "uniform", "leggings", "tights", "stockings",
     "socks", "sock", "heels", "high heels", "stilettos", "pumps", "slides", "flats", "slippers",
     "overalls", "jumpsuit", "romper", "apron", "mask", "face mask", "gloves", "glove", "watch", "necklace",
     "earrings", "headband", "helmet", "hood", "collar", "lining", "briefcase", "suitcase", "luggage", "stroller",
@@ -376,7 +377,10 @@ _CORRECTABLE_GRAMMAR = {"wearing", "wears", "carrying", "carries", "holding", "h
 def _correction_targets() -> dict[str, tuple[str, ...]]:
     """Lexicon words a typo may be corrected to, by length (content words of three letters or more)."""
     out: dict[int, list[str]] = {}
-    lexicon = {w for key in _phrase_index() for w in key} | _CORRECTABLE_GRAMMAR
+    content = ("colour", "hair_colour", "colour_mod", "noun", "hair", "other", "person", "companion", "sleeve",
+               "pattern", "length", "material", "action", "place", "indoor_noun", "clothes", "part")
+    lexicon = {w for key, kinds in _phrase_index().items() if any(k in kinds for k in content) for w in key}
+    lexicon |= _CORRECTABLE_GRAMMAR
     for w in lexicon:
         if len(w) >= 3 and w.isalpha():
             out.setdefault(len(w), []).append(w)
@@ -529,16 +533,15 @@ _CONTENT_KINDS = ("noun", "hair", "other", "person", "companion", "place", "indo
 def _tokenise(text: str) -> tuple[list[_Tok], dict[str, str]]:
     words = _normalise_words(text)
     corrected: dict[str, str] = {}
-    fixed = []
     index = _phrase_index()
-    for n, w in enumerate(words):
-        nxt = index.get((words[n + 1],), {}) if n + 1 < len(words) else {}
-        c = correct_word(w, any(k in nxt for k in ("colour", "noun", "hair", "other")))
+    fixed = list(words)
+    # right to left, so that a typo before a corrected typo sees what it stands before ("blck backpak")
+    for n in range(len(words) - 1, -1, -1):
+        nxt = index.get((fixed[n + 1],), {}) if n + 1 < len(words) else {}
+        c = correct_word(words[n], any(k in nxt for k in ("colour", "noun", "hair", "other")))
         if c is not None:
-            corrected[w] = c
-            fixed.append(c)
-        else:
-            fixed.append(w)
+            corrected[words[n]] = c
+            fixed[n] = c
     index = _phrase_index()
     out: list[_Tok] = []
     i = 0
@@ -661,7 +664,7 @@ class _Reader:
         i = 0
         while i < len(toks):
             j = i
-            while j < len(toks) and _premodifier(toks[j]) and _head_kind(toks[j]) is None:
+            while j < len(toks) and (_premodifier(toks[j]) and _head_kind(toks[j]) is None or self._adjectival(j)):
                 j += 1
                 # "black and white shoes", "a red, white and blue jacket", "black or navy coat"
                 if j + 1 < len(toks) and (toks[j].has("and") or toks[j].has("or") or toks[j].text == ",") \
@@ -677,6 +680,17 @@ class _Reader:
                 i = j
                 continue
             i += 1
+
+    def _adjectival(self, j: int) -> bool:
+        """A word that is a modifier here because a garment follows: "a running jacket", "a baby stroller"."""
+        toks = self.toks
+        t = toks[j]
+        if j + 1 >= len(toks) or not (t.has("action") or t.has("companion") or t.has("person")):
+            return False
+        nxt = toks[j + 1]
+        if t.has("action"):
+            return nxt.has("noun") or nxt.has("other")
+        return nxt.has("other") and nxt.text in ("stroller", "pram", "carrier", "seat", "bag", "clothes")
 
     @staticmethod
     def _colourish(t: _Tok) -> bool:
