@@ -64,12 +64,17 @@ def verification_pairs(root: str | Path, split: str, embedder: Embedder, limit: 
 
 
 def verification_scores(mllm: MLLM, pairs: list[tuple[str, ImageRef, bool]], progress: bool = True) -> dict:
-    tp = fn = tn = fp = failed = 0
+    tp = fn = tn = fp = failed = abstained = 0
     for text, image, positive in tqdm(pairs, desc="verifying", unit="pair", disable=not progress, mininterval=2):
         try:
             match = mllm.verify(image, text).match
         except MLLMError:
             failed += 1
+            continue
+        if match is None:  # an abstention is neither a right yes nor a right no: it counts as wrong
+            abstained += 1
+            fn += positive
+            fp += not positive
             continue
         if positive:
             tp += match
@@ -81,7 +86,7 @@ def verification_scores(mllm: MLLM, pairs: list[tuple[str, ImageRef, bool]], pro
     neg_recall = tn / max(1, tn + fp)
     return {"positives": tp + fn, "negatives": tn + fp, "positive_recall": round(pos_recall, 4),
             "negative_recall": round(neg_recall, 4), "balanced_accuracy": round((pos_recall + neg_recall) / 2, 4),
-            "failed": failed}
+            "failed": failed, "abstained": abstained}
 
 
 def attribute_accuracy(mllm: MLLM, root: str | Path, split: str, limit: int | None = None, seed: int = 0,
