@@ -313,10 +313,6 @@ def _phrase_key(phrase: str) -> tuple[str, ...]:
     return tuple(_normalise_words(phrase))
 
 
-# token kinds, in the order a phrase's readings are tried
-_TABLES: tuple[tuple[str, Iterable], ...] = ()
-
-
 @lru_cache(maxsize=1)
 def _phrase_index() -> dict[tuple[str, ...], dict[str, object]]:
     """phrase (as words) -> {kind: value}: every reading a phrase has."""
@@ -655,7 +651,9 @@ class _Reader:
         self.facts: dict[str, list[tuple[int, str]]] = {}  # slot -> [(priority, value)]
         self.hedged_facts: dict[str, str] = {}
         self.sleeves: list[tuple[str, bool]] = []  # standalone sleeve statements (value, hedged)
-        self.patterns: list[tuple[str, _NP | None]] = []
+        self.patterns: list[tuple[str, _NP | None]] = []  # (pattern, the top it is on; None: the top)
+        self.outfit_phrases: list[_NP] = []
+        self.gender_blocked = False  # "he or she"
 
     # -- phrases -----------------------------------------------------------------------------
 
@@ -798,11 +796,8 @@ class _Reader:
                         j += 1
                         continue
                     self.negated_at.add(j)
-                    if j in self.np_at or u.has("nothing") or u.has("crowd_none") or \
-                            (u.has("companion") and u.has("noun") is False):
+                    if j in self.np_at or u.has("nothing") or u.has("crowd_none"):
                         reached = True
-                    if u.has("action") and not reached:
-                        pass
                     j += 1
         for np_ in self.nps:
             span = range(np_.start, np_.end + 1)
@@ -863,7 +858,6 @@ class _Reader:
 
     def bind(self) -> None:
         toks = self.toks
-        self.gender_blocked = getattr(self, "gender_blocked", False)
         for idx, np_ in enumerate(self.nps):
             if np_.kind == "bare":
                 continue
@@ -1148,11 +1142,6 @@ class _Reader:
                 # "sleeveless", "wearing short sleeves", a standalone "plain"
                 if np_.sleeve and not np_.negated:
                     self.sleeves.append((np_.sleeve, hedged))
-                if np_.hair_colours and np_.head is None and any(toks[k].text in ("blonde", "blond", "brunette")
-                                                                 for k in range(np_.start, np_.end + 1)):
-                    nxt = np_.end + 1
-                    if nxt < len(toks) and toks[nxt].has("person"):
-                        pass
                 continue
             if np_.kind == "person":
                 # "a blonde woman"
@@ -1240,11 +1229,9 @@ class _Reader:
             return  # a vest over a shirt: the outer top has no value of the vocabulary
         pool = [chosen] if chosen is not None else []
         outer_is_layer = chosen is not None and rank.get(chosen.value or "", 3) >= 3 and len(specific) >= 1
+        # "a white top and a black jacket": the top is under the jacket; "a white top ... the t-shirt": one garment
         if not specific or (chosen is not None and not outer_is_layer):
             pool += [np_ for np_ in generic if not np_.inner]
-        elif chosen is not None and outer_is_layer:
-            # "a white top and a black jacket": the top is under the jacket
-            pass
         if not pool:
             return
         hedged = any(np_.hedged for np_ in pool)
@@ -1390,15 +1377,13 @@ class _Reader:
             self.put("backpack", NONE, 2, hedged)
 
     def _head_to_toe(self, i: int) -> None:
-        """"in black from head to toe": the whole outfit and the shoes."""
-        toks = self.toks
-        k = i - 1
-        np_ = self.np_of.get(k)
+        """Colours "from head to toe" ("in black from head to toe"): the whole outfit and the shoes."""
+        np_ = self.np_of.get(i - 1)
         if np_ is not None and np_.kind == "bare" and np_.colours:
             self.outfit.append((np_.colour or "", True, np_.hedged))
 
     def _outfit_phrases(self) -> None:
-        """"dressed in black", "wearing black", "a man in black", "all in white": outfit colours."""
+        """Outfit colours: "dressed in black", "wearing black", "a man in black", "all in white"."""
         toks = self.toks
         for np_ in self.nps:
             if np_.kind != "bare" or not (np_.colours or np_.mixed):
@@ -1427,15 +1412,13 @@ class _Reader:
                 ok = True
             if ok:
                 # an outfit colour: "wearing black and white" states none
-                if any(np_ is o for o in self._outfit_seen):
+                if any(np_ is o for o in self.outfit_phrases):
                     continue
-                self._outfit_seen.append(np_)
+                self.outfit_phrases.append(np_)
                 self.outfit.append((np_.colour or "", False, np_.hedged or np_.negated))
 
-    _outfit_seen: list
-
     def _reach(self, i: int) -> None:
-        """"hair falls below her shoulders", "a skirt that reaches her ankles"."""
+        """Lengths said by where hair or a skirt reaches: "hair falls below her shoulders"."""
         toks = self.toks
         # the subject: the phrase before the verb (through "that"/"which")
         k = i - 1
@@ -1507,7 +1490,7 @@ class _Reader:
         if len(sure) == 1:
             self.put("other_people", sure.pop(), 2)
         # gender
-        if getattr(self, "gender_blocked", False):
+        if self.gender_blocked:
             return
         if subject is not None and subject.value is not None:
             self.put("gender", subject.value, 2, subject.hedged)
@@ -1522,13 +1505,9 @@ class _Reader:
             if np_.value is not None and k >= 0 and toks[k].has("copula") and not np_.hedged:
                 self.put("gender", np_.value, 2)
                 return
-        votes = {PRONOUNS[t.text] for i, t in enumerate(toks) if t.has("pronoun") and i not in self.hedged_at
-                 and not self._companion_pronoun(i)}
+        votes = {PRONOUNS[t.text] for i, t in enumerate(toks) if t.has("pronoun") and i not in self.hedged_at}
         if len(votes) == 1:
             self.put("gender", votes.pop(), 1)
-
-    def _companion_pronoun(self, i: int) -> bool:
-        return False
 
     def resolve(self) -> tuple[dict[str, str], dict[str, str]]:
         out: dict[str, str] = {}
@@ -1559,8 +1538,6 @@ def parse(text: str) -> ParsedQuery:
     words = [t for t in _normalise_words(text or "") if t.isalpha()]
     english = sum(1 for w in words if is_english_word(w) or w in corrected)
     reader = _Reader(toks)
-    reader._outfit_seen = []
-    reader.gender_blocked = False
     reader.chunk()
     reader.scopes()
     reader.bind()
