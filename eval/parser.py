@@ -102,7 +102,8 @@ def synthpedes_captions(ids: int, seed: int = 21) -> list[dict]:
 
     records, anns, _ = plan(WorldConfig(seed=seed, train_ids=0, val_ids=0, test_ids=ids))
     return [{"id": f"synthpedes-{i}-{j}", "part": "synthpedes", "text": text, "labels": cap["stated"]}
-            for i, (r, a) in enumerate(zip(records, anns)) for j, (text, cap) in enumerate(zip(r["captions"], a["captions"]))]
+            for i, (r, a) in enumerate(zip(records, anns))
+            for j, (text, cap) in enumerate(zip(r["captions"], a["captions"]))]
 
 
 def _fmt(x: float | None) -> str:

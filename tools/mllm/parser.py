@@ -30,7 +30,9 @@ How a description is read:
    bystander", "walking with a friend") set ``other_people``.
 
 >>> parse("A young woman with long blonde hair in a red coat, black trousers and no hat.").constraints
-{'gender': 'female', 'hair_length': 'long', 'hair_color': 'blonde', 'upper_type': 'coat', 'upper_color': 'red', 'lower_type': 'trousers', 'lower_color': 'black', 'hat': 'none'}
+... # doctest: +NORMALIZE_WHITESPACE
+{'gender': 'female', 'hair_length': 'long', 'hair_color': 'blonde', 'upper_type': 'coat', 'upper_color': 'red',
+ 'lower_type': 'trousers', 'lower_color': 'black', 'hat': 'none'}
 >>> parse("his trousers and shoes are black").constraints
 {'gender': 'male', 'lower_type': 'trousers', 'lower_color': 'black', 'shoes_color': 'black'}
 >>> parse("???").readable
@@ -59,7 +61,8 @@ COLOUR_WORDS: dict[str, str] = {
     "grey": "grey", "gray": "grey", "silver": "grey", "charcoal": "grey", "ash grey": "grey", "greyish": "grey",
     "grayish": "grey", "slate grey": "grey", "slate gray": "grey",
     "beige": "beige", "tan": "beige", "cream": "beige", "khaki": "beige", "camel": "beige", "sand": "beige",
-    "brown": "brown", "light brown": "brown", "dark brown": "brown", "chocolate": "brown", "coffee coloured": "brown", "coffee colored": "brown", "brownish": "brown",
+    "brown": "brown", "light brown": "brown", "dark brown": "brown", "chocolate": "brown", "coffee coloured": "brown",
+    "coffee colored": "brown", "brownish": "brown",
     "red": "red", "crimson": "red", "scarlet": "red", "maroon": "red", "burgundy": "red", "wine": "red",
     "wine red": "red", "reddish": "red", "cherry red": "red",
     "orange": "orange", "amber": "orange", "rust": "orange", "orangish": "orange",
@@ -320,7 +323,8 @@ def _phrase_index() -> dict[tuple[str, ...], dict[str, object]]:
         ("colour", COLOUR_WORDS), ("hair_colour", HAIR_COLOUR_WORDS), ("colour_mod", dict.fromkeys(COLOUR_MODIFIERS)),
         ("mixed", dict.fromkeys(MIXED_WORDS)), ("noun", NOUNS), ("hair", dict.fromkeys(HAIR_NOUNS)),
         ("other", dict.fromkeys(OTHER_NOUNS)), ("part", dict.fromkeys(PART_WORDS)), ("person", PERSON_WORDS),
-        ("companion", dict.fromkeys(COMPANION_WORDS)), ("hair", dict.fromkeys(HAIR_SHORT_PHRASES)), ("pronoun", PRONOUNS), ("sleeve", SLEEVE_WORDS),
+        ("companion", dict.fromkeys(COMPANION_WORDS)), ("hair", dict.fromkeys(HAIR_SHORT_PHRASES)),
+        ("pronoun", PRONOUNS), ("sleeve", SLEEVE_WORDS),
         ("pattern", PATTERN_WORDS), ("length", LENGTH_WORDS), ("hair_short", dict.fromkeys(HAIR_SHORT_PHRASES)),
         ("material", dict.fromkeys(MATERIAL_WORDS)), ("action", ACTION_WORDS), ("place", PLACE_WORDS),
         ("indoor_noun", dict.fromkeys(INDOOR_NOUNS)), ("crowd_none", dict.fromkeys(CROWD_NONE)),
@@ -337,8 +341,8 @@ def _phrase_index() -> dict[tuple[str, ...], dict[str, object]]:
         # multi-word fillers that would otherwise be misread word by word
         ("adjective", dict.fromkeys(("low top", "low tops", "high waisted", "straight leg", "wide leg", "street style",
                                      "zip up", "button up front", "crew neck", "v neck", "round neck", "turtle neck",
-                                     "turtleneck", "hooded", "slim fit", "loose fitting", "tight fitting", "well fitted",
-                                     "knee high", "mid rise", "low rise", "high rise", "lace up", "slip on"))),
+                                     "turtleneck", "hooded", "slim fit", "loose fitting", "tight fitting",
+                                     "well fitted", "knee high", "mid rise", "low rise", "high rise", "lace up", "slip on"))),
         ("filler", dict.fromkeys(("on foot", "other hand", "the other", "in front of", "front of", "in the front",
                                   "walking distance", "parking lot", "car park", "stand up collar", "at the back",
                                   "in the back", "in the background", "background", "foreground", "colour of",
