@@ -312,7 +312,9 @@ def combine(paths: Sequence[str | Path], out: str | Path, device: str | None = N
     loaded = [Recogniser.load(p, device) for p in paths]
     nets = [m for r in loaded for m in r.members]
     first = loaded[0].config
-    config = {k: v for k, v in first.items() if k not in ("verifier", "members", "member_training") + PROVENANCE_KEYS}
+    # the verifier and a presence head read the members' outputs: an ensemble needs its own
+    config = {k: v for k, v in first.items()
+              if k not in ("verifier", "members", "member_training", "presence") + PROVENANCE_KEYS}
     config["seeds"] = [r.config.get("seed") for r in loaded]
     config["trained_on"] = sorted({str(t) for r in loaded for t in _worlds_seen(r.config)})
     # how each network was trained (photos, epochs, a run it continued): members may differ
