@@ -72,8 +72,10 @@ def verification_scores(mllm: MLLM, pairs: list[tuple[str, ImageRef, bool]], pro
         except MLLMError:
             failed += 1
             continue
-        if match is None:  # an abstention is no verdict: counted apart, not as a yes or a no
+        if match is None:  # an abstention is neither a right yes nor a right no: it counts as wrong (and is reported apart)
             abstained += 1
+            fn += positive
+            fp += not positive
             continue
         if positive:
             tp += match

@@ -199,3 +199,42 @@ def test_combine_refuses_bad_input(tmp_path, capsys):
                  "--out", str(tmp_path / "c.safetensors")]) == 1
     assert "not found" in capsys.readouterr().err
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_presence_negatives_have_no_person_and_every_kind():
+    from train.presence import NEGATIVE_KINDS, negatives
+
+    photos = np.full((2, 256, 128, 3), 90, np.uint8)
+    x, kinds = negatives(2 * len(NEGATIVE_KINDS), seed=4, photos=photos)
+    assert x.shape == (2 * len(NEGATIVE_KINDS), 256, 128, 3) and x.dtype == np.uint8
+    assert sorted(set(kinds)) == sorted(NEGATIVE_KINDS)
+    again, _ = negatives(2 * len(NEGATIVE_KINDS), seed=4, photos=photos)
+    assert np.array_equal(x, again)  # a seed draws the same pictures
+    assert len({k for k in negatives(9, seed=4)[1]}) == len(NEGATIVE_KINDS) - 1  # no photos: no shuffled ones
+
+
+def test_fit_presence_writes_a_head_the_recogniser_loads(small_world, tmp_path):
+    from train.presence import fit_presence
+
+    rec_path = tmp_path / "rec.safetensors"
+    fit_recogniser(small_world, rec_path, epochs=1, batch_size=16, progress=False, net=tiny_net())
+    attribute_probs = Recogniser.load(rec_path).predict([next((small_world / "imgs").rglob("*.jpg"))])
+    out = tmp_path / "presence.safetensors"
+    report = fit_presence(small_world, out, rec_path, photos=24, negatives_per_split=24, heldout=8, epochs=20,
+                          progress=False, workers=1)
+    assert 0.0 < report["threshold"] <= 0.5
+    assert set(report["heldout_test"]) >= {"positive_recall", "negative_recall", "negative_recall_by_kind"}
+    config = json.loads(rec_path.with_suffix(".json").read_text())
+    assert config["presence"] == "presence.safetensors" and "classes" in config
+    rec = Recogniser.load(rec_path)
+    assert rec.presence is not None and rec.presence_threshold == report["threshold"]
+    photo = next((small_world / "imgs").rglob("*.jpg"))
+    probs, person = rec.predict_with_presence([photo])
+    assert probs == attribute_probs  # the recogniser stayed frozen
+    assert 0.0 <= person[0] <= 1.0
+
+
+def test_presence_cli_reports_a_bad_folder_in_one_line(tmp_path, capsys):
+    assert main([str(tmp_path / "missing"), "--presence", "--out", str(tmp_path / "p.safetensors"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")

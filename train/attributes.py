@@ -1,5 +1,7 @@
 """python -m train.attributes DIR --out FILE.safetensors: train the offline MLLM's attribute recogniser.
 
+With ``--presence`` it trains the recogniser's person-presence head instead (``train.presence``).
+
 Reads a SynthPedes folder (``attributes.json`` gives every slot's value and visibility per image),
 trains ``tools.mllm.recogniser.AttributeNet`` on the train split (plus the train splits of any
 ``--extra-train`` worlds: more people, never the test ones) with caption-safe augmentation (flips,
@@ -24,8 +26,8 @@ from tqdm import tqdm
 
 from data.synthpedes.ceiling import AnnotationError, load_annotations
 from tools.attributes import SLOT_NAMES
-from tools.mllm.recogniser import (INPUT_SIZE, AttributeNet, Recogniser, combine, provenance, slot_classes,
-                                   to_input)
+from tools.mllm.recogniser import (DEFAULT_WEIGHTS, INPUT_SIZE, AttributeNet, Recogniser, combine, provenance,
+                                   slot_classes, to_input)
 
 from .pairs import augment, load_all_pixels
 
@@ -182,6 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--combine", nargs="+", metavar="WEIGHTS",
                    help="instead of training: write an ensemble of these recogniser files (trained with different "
                         "--seed) to --out; then fit its verifier with python -m eval.mllm DIR --split val --calibrate")
+    p.add_argument("--presence", action="store_true",
+                   help="instead of training the recogniser: train its person-presence head on DIR's photos against "
+                        "drawn pictures with no person (the recogniser stays frozen); --out is the head's file")
+    p.add_argument("--recogniser", default=str(DEFAULT_WEIGHTS),
+                   help="--presence: the recogniser whose features the head reads (default: the shipped one); its JSON "
+                        "is updated to load the head")
+    p.add_argument("--photos", type=int, default=6000,
+                   help="--presence: train photos (each also mirrored), and 1.5 times as many negatives")
+    p.add_argument("--heldout", type=int, default=1000,
+                   help="--presence: val photos (threshold) and test photos (report), each with as many negatives")
+    p.add_argument("--min-positive-recall", type=float, default=0.999,
+                   help="--presence: the threshold keeps this share of val photos as showing a person")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
@@ -197,6 +211,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.dir:
         p.error("a SynthPedes folder is needed (or --combine)")
+    if args.presence:
+        from .presence import fit_presence
+
+        if args.photos < 1 or args.heldout < 0 or not 0 < args.min_positive_recall <= 1:
+            p.error("--photos must be >= 1, --heldout >= 0 and --min-positive-recall in (0, 1]")
+        try:
+            report = fit_presence(args.dir, args.out, args.recogniser, photos=args.photos,
+                                  negatives_per_split=args.photos * 3 // 2, heldout=args.heldout, seed=args.seed,
+                                  min_positive_recall=args.min_positive_recall, workers=args.workers,
+                                  progress=not args.quiet)
+        except (AnnotationError, ValueError, FileNotFoundError) as e:
+            print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 1
+        text = json.dumps(report, indent=2)
+        if args.report:
+            Path(args.report).write_text(text)
+        print(text)
+        return 0
     try:
         net, init = load_init(args.init) if args.init else (None, None)
         report = fit_recogniser(args.dir, args.out, args.epochs, args.batch_size, args.lr, args.seed,

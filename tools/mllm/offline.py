@@ -5,6 +5,12 @@ annotations), its ears the query parser (``tools.mllm.parser``), its voice a gra
 description fits a photo unless the photo confidently shows something the description contradicts:
 for each stated attribute, the recogniser's probability that the attribute is visible with another
 value, weighted by how reliable the recogniser is on that attribute.
+
+Evidence, never invention: it abstains (``Verdict(match=None)``, with the reason) where it has
+nothing to weigh. A description from which the parser reads no attribute (empty, "???", another
+language, no attribute of the vocabulary: ``parse(text).readable`` is False, ``.problem`` says
+why) gets no verdict, and neither does a photo in which the recogniser's presence head sees no
+person (``sees_person``); ``ask`` answers "cannot tell" for every slot of such a photo.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ class OfflineMLLM(MLLM):
         super().__init__(cache=cache)
         self.recogniser = recogniser or Recogniser.load(weights, device)
         self._probs: dict[str, dict] = {}
+        self._person: dict[str, float | None] = {}
         self.use_verifier(self.recogniser.config.get("verifier") or {})
         if threshold is not None:
             self.threshold = threshold
@@ -106,6 +113,10 @@ class OfflineMLLM(MLLM):
             for name, tensor in sorted(self.recogniser.state_items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            if self.recogniser.presence is not None:  # it decides which photos are answered at all
+                for name, tensor in sorted(self.recogniser.presence.state_dict().items()):
+                    digest.update(f"presence.{name}".encode())
+                    digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
             self._fingerprint = f"{self.name}:{digest.hexdigest()[:12]}"
         return self._fingerprint
 
@@ -113,18 +124,33 @@ class OfflineMLLM(MLLM):
         """Recogniser output per image (memoised by image id; one batched pass for the new ones)."""
         new = [im for im in images if im.id not in self._probs]
         if new:
-            for im, p in zip(new, self.recogniser.predict([im.path for im in new])):
+            probs, person = self.recogniser.predict_with_presence([im.path for im in new])
+            for im, p, q in zip(new, probs, person):
                 self._probs[im.id] = p
+                self._person[im.id] = q
         return [self._probs[im.id] for im in images]
+
+    def person_probability(self, image: ImageRef) -> float | None:
+        """p(a person is in the photo) by the recogniser's presence head (None without one)."""
+        self.probabilities([image])
+        return self._person.get(image.id)
+
+    def sees_person(self, image: ImageRef) -> bool:
+        """Whether the photo shows a person (True without a presence head: nothing says otherwise).
+        Backends without their own presence check can ask this before answering about a photo."""
+        p = self.person_probability(image)
+        return p is None or p >= self.recogniser.presence_threshold
 
     def prefetch(self, images: Sequence[ImageRef]) -> None:
         self.probabilities(images)
 
     @staticmethod
     def contradictions(probs: dict[str, dict[str, float]], constraints: dict[str, str]) -> dict[str, float]:
-        """Per stated attribute: the probability that it is visible with another value."""
+        """Per stated attribute: the probability that it is visible with another value. A slot or
+        value the recogniser has no class for (a vocabulary extended after it was trained) is left
+        out: it can neither confirm nor contradict it."""
         return {slot: max(0.0, 1.0 - probs[slot].get(value, 0.0) - probs[slot][UNSEEN])
-                for slot, value in constraints.items()}
+                for slot, value in constraints.items() if slot in probs and value in probs[slot]}
 
     def contradiction(self, probs: dict[str, dict[str, float]], constraints: dict[str, str]) -> tuple[float, str]:
         """The largest contradiction and its slot."""
@@ -146,10 +172,17 @@ class OfflineMLLM(MLLM):
         return float(1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50))))
 
     def _verify(self, image: ImageRef, text: str) -> Verdict:
-        constraints = parse(text).constraints
-        if not constraints:
-            return Verdict(True, 0.5, "the description states nothing this backend can check")
+        parsed = parse(text)
+        if not parsed.readable:
+            # evidence, never invention: with nothing to check there is no verdict either way
+            return Verdict(None, 0.0, f"abstained: {parsed.problem}")
         probs = self.probabilities([image])[0]
+        person = self._person.get(image.id)
+        if person is not None and person < self.recogniser.presence_threshold:
+            return Verdict(None, 1.0 - person, f"abstained: the photo does not show a person (p(person) {person:.2f})")
+        constraints = {s: v for s, v in parsed.constraints.items() if s in probs and v in probs[s]}
+        if not constraints:
+            return Verdict(None, 0.0, "abstained: nothing the description states is something this backend can see")
         p = self.match_probability(probs, constraints)
         if p < self.threshold:
             worst, slot = self.contradiction(probs, constraints)
@@ -159,10 +192,16 @@ class OfflineMLLM(MLLM):
 
     def _ask(self, image: ImageRef, slots: Sequence[str]) -> list[Answer]:
         probs = self.probabilities([image])[0]
+        if not self.sees_person(image):
+            # no person in the photo: no attribute of one to report
+            return [Answer(slot, None, 0.0, "cannot tell: no person in the photo") for slot in slots]
         answers = []
         for slot in slots:
-            p = probs[slot]
-            best = max((v for v in SLOTS[slot].values), key=lambda v: p.get(v, 0.0))
+            p = probs.get(slot)
+            if p is None:  # a slot the recogniser was not trained for
+                answers.append(Answer(slot, None, 0.0, "cannot tell"))
+                continue
+            best = max((v for v in SLOTS[slot].values if v in p), key=lambda v: p.get(v, 0.0))
             if p[UNSEEN] >= 0.5 or p[best] < MIN_ANSWER_CONFIDENCE:
                 answers.append(Answer(slot, None, 1.0 - p[UNSEEN], "cannot tell"))
             else:

@@ -53,10 +53,14 @@ class AttributeNet(nn.Module):
 
     ``stem`` > 0 adds one cheap stride-2 convolution in front, so a full-resolution photo costs
     about what a half-resolution one costs without it while small items keep their pixels.
+    ``classes`` (slot -> class names, ``unseen`` last) fixes each head's outputs; by default every
+    slot of ``tools.attributes`` with its values. Weights keep the classes they were trained with,
+    so a vocabulary extended later still loads them (the new values are never predicted).
     """
 
     def __init__(self, widths: Sequence[int] = (32, 64, 128, 192), hidden: int = 384,
-                 input_size: tuple[int, int] = INPUT_SIZE, stem: int = 16):
+                 input_size: tuple[int, int] = INPUT_SIZE, stem: int = 16,
+                 classes: dict[str, list[str]] | None = None):
         super().__init__()
         layers, cin = [], 3
         if stem:
@@ -71,12 +75,39 @@ class AttributeNet(nn.Module):
         cells = (input_size[0] // stride) * (input_size[1] // stride)
         self.neck = nn.Sequential(nn.Conv2d(cin, 64, 1), nn.ReLU(inplace=True), nn.Flatten(),
                                   nn.Dropout(0.2), nn.Linear(64 * cells, hidden), nn.ReLU(inplace=True))
-        self.heads = nn.ModuleDict({s: nn.Linear(hidden, len(slot_classes(s))) for s in SLOT_NAMES})
-        self.config = {"widths": list(widths), "hidden": hidden, "input_size": list(input_size), "stem": stem}
+        self.classes = {s: list(c) for s, c in (classes or {s: slot_classes(s) for s in SLOT_NAMES}).items()}
+        self.heads = nn.ModuleDict({s: nn.Linear(hidden, len(c)) for s, c in self.classes.items()})
+        self.config = {"widths": list(widths), "hidden": hidden, "input_size": list(input_size), "stem": stem,
+                       "classes": self.classes}
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared features every head reads: float [N, hidden]."""
+        return self.neck(self.features(x))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.neck(self.features(x))
+        h = self.embed(x)
         return {s: head(h) for s, head in self.heads.items()}
+
+
+class PresenceHead(nn.Module):
+    """p(a person is in the photo) from the recogniser's features (every member's, concatenated).
+
+    The recogniser's own weights stay frozen; this small MLP is trained by ``python -m
+    train.attributes DIR --presence`` on SynthPedes photos against pictures with no person in them
+    (SynthPedes scenes without the person, occluders, textures, pages of text, animal shapes,
+    shuffled photos). ``mean``/``std`` standardise the features as seen in training.
+    """
+
+    def __init__(self, in_dim: int, hidden: int = 32):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+        self.config = {"in_dim": in_dim, "hidden": hidden}
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """float [N, in_dim] -> logit [N]."""
+        return self.mlp((features - self.mean) / self.std).squeeze(-1)
 
 
 def to_input(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -102,9 +133,12 @@ class Recogniser:
     """Batched, cached attribute recognition with the shipped (or given) weights."""
 
     def __init__(self, net: AttributeNet, device: str | torch.device | None = None, config: dict | None = None,
-                 path: Path | None = None, extra_members: Sequence[AttributeNet] = ()):
+                 path: Path | None = None, extra_members: Sequence[AttributeNet] = (),
+                 presence: PresenceHead | None = None, presence_config: dict | None = None):
         self.device = pick_device(str(device) if device else None)
         self.net = net.to(self.device).eval()
+        self.presence = presence.to(self.device).eval() if presence is not None else None
+        self.presence_config = dict(presence_config or {})
         # an ensemble: independently trained networks of the same architecture, probabilities averaged
         self.members = [self.net] + [m.to(self.device).eval() for m in extra_members]
         if any(m.config != net.config for m in self.members):
@@ -126,15 +160,20 @@ class Recogniser:
                                     f"train them with: python -m train.attributes SYNTHPEDES_DIR --out {path}")
         config = json.loads(config_path.read_text())
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+        classes = config.get("classes") or _classes_of(state)
         nets = []
         for i in range(int(config.get("members", 1))):
             # weights saved before the stem existed have no "stem" key and none in the network
-            net = AttributeNet(config["widths"], config["hidden"], tuple(config["input_size"]), config.get("stem", 0))
+            net = AttributeNet(config["widths"], config["hidden"], tuple(config["input_size"]), config.get("stem", 0),
+                               classes)
             prefix = _member_prefix(i)
             net.load_state_dict({k[len(prefix):]: v for k, v in state.items()
                                  if k.startswith(prefix) and (i > 0 or not k.startswith(MEMBER_PREFIX))})
             nets.append(net)
-        return cls(nets[0], device, config, path, nets[1:])
+        presence, presence_config = None, None
+        if config.get("presence"):
+            presence, presence_config = load_presence(path.parent / config["presence"])
+        return cls(nets[0], device, config, path, nets[1:], presence, presence_config)
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         path = Path(path)
@@ -156,18 +195,40 @@ class Recogniser:
         """Average each photo's probabilities with its mirror image's (set in the weights' JSON)."""
         return bool(self.config.get("flip_average", False))
 
+    @property
+    def classes(self) -> dict[str, list[str]]:
+        """slot -> the classes its head predicts (``unseen`` last)."""
+        return self.net.classes
+
     @torch.inference_mode()
     def predict_pixels(self, pixels: np.ndarray) -> list[dict[str, dict[str, float]]]:
+        return self._predict_pixels(pixels)[0]
+
+    @torch.inference_mode()
+    def features(self, pixels: np.ndarray) -> torch.Tensor:
+        """Every member's shared features of uint8 [N, H, W, 3] photos, concatenated: float [N, members * hidden]
+        (what :class:`PresenceHead` reads)."""
+        x = to_input(pixels).to(self.device)
+        return torch.cat([member.embed(x).float() for member in self.members], dim=-1)
+
+    @torch.inference_mode()
+    def _predict_pixels(self, pixels: np.ndarray) -> tuple[list[dict[str, dict[str, float]]], list[float | None]]:
         x = to_input(pixels).to(self.device)
         # left/right does not change what a person wears, and mirrored errors are partly independent
         views = [x, x.flip(-1)] if self.flip_average else [x]
-        outputs = [member(v) for member in self.members for v in views]
+        embedded = [(member, [member.embed(v) for v in views]) for member in self.members]
+        outputs = [{s: head(h) for s, head in member.heads.items()} for member, hs in embedded for h in hs]
+        classes = self.classes
         probs = {s: (sum(torch.softmax(o[s].float(), dim=-1) for o in outputs) / len(outputs)).cpu().numpy()
-                 for s in SLOT_NAMES}
+                 for s in classes}
         out = []
         for i in range(len(pixels)):
-            out.append({s: dict(zip(slot_classes(s), probs[s][i].tolist())) for s in SLOT_NAMES})
-        return out
+            out.append({s: dict(zip(classes[s], probs[s][i].tolist())) for s in classes})
+        person: list[float | None] = [None] * len(pixels)
+        if self.presence is not None:
+            features = torch.cat([hs[0].float() for _, hs in embedded], dim=-1)
+            person = torch.sigmoid(self.presence(features)).cpu().tolist()
+        return out, person
 
     def state_items(self) -> list[tuple[str, torch.Tensor]]:
         """Every member's parameters and buffers under the names they are saved with."""
@@ -176,11 +237,54 @@ class Recogniser:
 
     def predict(self, images: Sequence[ImageInput], batch_size: int = 64) -> list[dict[str, dict[str, float]]]:
         """Per image: slot -> {value: probability, ..., "unseen": probability}."""
+        return self.predict_with_presence(images, batch_size)[0]
+
+    def predict_with_presence(self, images: Sequence[ImageInput], batch_size: int = 64
+                              ) -> tuple[list[dict[str, dict[str, float]]], list[float | None]]:
+        """Per image: the slot probabilities of :meth:`predict` and p(a person is in the photo)
+        (None without a presence head). One pass over the photos for both."""
         out: list = []
+        person: list = []
         for i in range(0, len(images), batch_size):
             batch = np.stack([load_pixels(im, self.input_size) for im in images[i:i + batch_size]])
-            out.extend(self.predict_pixels(batch))
-        return out
+            probs, p = self._predict_pixels(batch)
+            out.extend(probs)
+            person.extend(p)
+        return out, person
+
+    @property
+    def presence_threshold(self) -> float:
+        """Below this p(person) the photo is taken to show no person."""
+        return float(self.presence_config.get("threshold", 0.5))
+
+
+def _classes_of(state: dict[str, torch.Tensor]) -> dict[str, list[str]] | None:
+    """Classes for a weights file saved before they were stored: the current vocabulary, checked
+    against each head's size (a file from another vocabulary cannot be read without its classes)."""
+    classes = {}
+    for s in SLOT_NAMES:
+        weight = state.get(f"heads.{s}.weight")
+        if weight is None:
+            continue
+        if weight.shape[0] != len(slot_classes(s)):
+            raise ValueError(f"recogniser head {s!r} has {weight.shape[0]} classes but the vocabulary has "
+                             f"{len(slot_classes(s))}, and the weights' JSON names no classes")
+        classes[s] = slot_classes(s)
+    return classes or None
+
+
+def load_presence(path: str | Path) -> tuple[PresenceHead, dict]:
+    """A :class:`PresenceHead` and its settings (threshold, how it was trained) from
+    ``path`` (.safetensors) and the .json beside it."""
+    path = Path(path)
+    config_path = path.with_suffix(".json")
+    if not path.is_file() or not config_path.is_file():
+        raise FileNotFoundError(f"presence weights not found: {path} (+ {config_path.name}); train them with: "
+                                f"python -m train.attributes SYNTHPEDES_DIR --presence --out {path}")
+    config = json.loads(config_path.read_text())
+    head = PresenceHead(int(config["in_dim"]), int(config["hidden"]))
+    head.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return head.eval(), config
 
 
 # what a network's config says about how it was trained
@@ -208,7 +312,9 @@ def combine(paths: Sequence[str | Path], out: str | Path, device: str | None = N
     loaded = [Recogniser.load(p, device) for p in paths]
     nets = [m for r in loaded for m in r.members]
     first = loaded[0].config
-    config = {k: v for k, v in first.items() if k not in ("verifier", "members", "member_training") + PROVENANCE_KEYS}
+    # the verifier and a presence head read the members' outputs: an ensemble needs its own
+    config = {k: v for k, v in first.items()
+              if k not in ("verifier", "members", "member_training", "presence") + PROVENANCE_KEYS}
     config["seeds"] = [r.config.get("seed") for r in loaded]
     config["trained_on"] = sorted({str(t) for r in loaded for t in _worlds_seen(r.config)})
     # how each network was trained (photos, epochs, a run it continued): members may differ
