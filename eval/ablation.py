@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for tag, model in (("shipped", DEFAULT_MODEL), ("base", args.base_model), ("rda", args.rda_model)):
             embedder = Embedder(model)
+            if not args.quiet:
+                print(f"{tag}: {embedder.describe()}", file=sys.stderr)
             report, *_ = run_benchmark(args.dir, args.split, model=model, chroma=False, progress=not args.quiet,
                                        embedder=embedder)
             results[tag] = {k: report[k] for k in ("R1", "R5", "R10", "mAP", "mINP")}

@@ -124,7 +124,7 @@ def write_report(path: str | Path, state: dict, image_path: Callable[[str], Path
             lambda...), shown in a table.
         target_ranks: the true person's rank before THI and after each round (length
             ``len(rounds) + 1``) when known; default: each round's ``target_rank``.
-        above_one: why a fused score can exceed 1 (shown in the legend).
+        above_one: why a fused score can exceed 1 (shown in the legend when a shown score does).
         target: whether an image id shows the true person (marks it), when known.
     """
     rounds = state.get("rounds", [])
@@ -142,7 +142,8 @@ def write_report(path: str | Path, state: dict, image_path: Callable[[str], Path
     if settings:
         rows = "".join(f"<tr><th>{_esc(k_)}</th><td>{_esc(v)}</td></tr>" for k_, v in settings.items())
         parts.append(f'<section class="settings"><h2>Run settings</h2><table>{rows}</table></section>')
-    parts.append(_legend(above_one))
+    over = any(c["score"] > 1 for r in rounds for c in r["topk"][:k])
+    parts.append(_legend(above_one if over else None))
     if state.get("truncated"):
         parts.append(f"<p class=warn>Not seen by the text encoder (over its token budget): "
                      f"{_esc(state['truncated'])}</p>")

@@ -67,7 +67,7 @@ def test_the_report_shows_settings_legend_answers_ranks_and_stop(report):
     _, page, _ = report
     for label in ("policy", "retrieval model", "MLLM backend", "round limit", "lambda (weight of the original similarity)"):
         assert f"<th>{label}</th>" in page
-    assert '<section class="legend">' in page
+    assert '<section class="legend">' in page and "a score above 1" in page
     for cls in ("anchor", "yes", "no", "unsure"):
         assert f'<span class="swatch {cls}">' in page
     assert "a score above 1: the anchor&#x27;s new similarity is set to 1" in page
@@ -81,6 +81,16 @@ def test_the_report_shows_settings_legend_answers_ranks_and_stop(report):
     assert page.index("Went on to the next round.") < page.index("<b>Stopped:</b>")
     assert page.count('<figure class="anchor">') == 2 and page.count('<figure class="no">') == 1
     assert page.count('<b class="target">true person</b>') == 1 + 3  # the legend; id1 in rounds 0, 1 and 2
+
+
+def test_scores_above_one_are_explained_only_when_shown(tmp_path):
+    photos = _photos(tmp_path / "p")
+    state = _state()
+    for r in state["rounds"]:
+        r["topk"] = [{**c, "score": min(c["score"], 0.99)} for c in r["topk"]]
+    write_report(tmp_path / "r.html", state, photos.__getitem__, above_one="the anchor's new similarity is set to 1")
+    page = (tmp_path / "r.html").read_text()
+    assert "a score above 1" not in page and '<section class="legend">' in page
 
 
 def test_everything_is_escaped_and_the_page_is_self_contained(report):

@@ -55,9 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "by asking an MLLM about the top candidates (THI). With no other flag it uses the shipped model, "
                     "the SynthPedes demo gallery (generated and indexed on first run under $THI_HOME, default "
                     "~/.cache/thi-reid) and the offline MLLM.",
-        epilog='examples: python -m graphs.thi --demo\n'
-               '          python -m graphs.thi --query "a woman in a red coat with a black backpack"',
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog='examples: "python -m graphs.thi --demo"; '
+               '"python -m graphs.thi --query \'a woman in a red coat with a black backpack\'"')
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--query", help="the description of the person")
     what.add_argument("--demo", action="store_true",
