@@ -145,6 +145,13 @@ def _looks_like_annotations(path: Path) -> list[str] | None:
     return keys if ("captions" in keys or len(keys) >= 2) else None
 
 
+def _not_a_folder(root: Path) -> str:
+    """The message for a dataset path that is not a folder: missing, or a file (e.g. the annotation file itself)."""
+    if root.exists():
+        return f"{root}: a file, not a dataset folder (give the folder that holds the annotation file and the images)"
+    return f"{root}: dataset folder not found"
+
+
 def detect_format(root: str | Path) -> str:
     """Tell the format of a dataset folder from its annotation file's name.
 
@@ -154,7 +161,7 @@ def detect_format(root: str | Path) -> str:
     """
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: dataset folder not found")
+        raise DatasetError(_not_a_folder(root))
     if (root / "reid_raw.json").is_file() and (root / "attributes.json").is_file():
         return "synthpedes"
     for name in FORMATS:
@@ -239,7 +246,7 @@ def read_dataset(root: str | Path, format: str = "auto", skip_missing: bool = Fa
     """
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: dataset folder not found")
+        raise DatasetError(_not_a_folder(root))
     fmt = detect_format(root) if format == "auto" else format
     if fmt not in FORMATS:
         raise DatasetError(f"unknown dataset format {format!r} (choose from: auto, {', '.join(FORMAT_NAMES)})")

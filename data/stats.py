@@ -7,11 +7,12 @@ that agree with everything a caption states).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 from pathlib import Path
+
+from tools.cliargs import ArgumentParser
 
 from .readers import FORMAT_NAMES, Dataset, DatasetError, read_dataset
 
@@ -38,7 +39,7 @@ def dataset_stats(ds: Dataset) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.stats", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m data.stats", description=__doc__.split("\n\n")[0])
     p.add_argument("dir", type=Path, help="dataset folder")
     p.add_argument("--format", default="auto", choices=("auto",) + FORMAT_NAMES,
                    help="dataset layout (default: detect from the annotation file's name)")

@@ -13,7 +13,6 @@ commands and seeds that produced them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import subprocess
@@ -21,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from tools.cliargs import ArgumentParser, non_negative_int, positive_int
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
 from tools.mllm import make_mllm
 
@@ -44,12 +44,13 @@ def _run(cmd: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.ablation", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m eval.ablation", description=__doc__.split("\n\n")[0])
     p.add_argument("dir", help="SynthPedes folder (the default world)")
     p.add_argument("--base-model", default="local-dir:runs/synthpedes-small-cont",
-                   help="the model trained without RDA (default: %(default)s)")
+                   help="the model trained without RDA (default: %(default)s, where --train writes it; a clone "
+                        "has it only after a --train run)")
     p.add_argument("--rda-model", default="local-dir:runs/synthpedes-small-cont-rda",
-                   help="the model trained with RDA (default: %(default)s)")
+                   help="the model trained with RDA (default: %(default)s, where --train writes it)")
     p.add_argument("--train", action="store_true",
                    help="run RDA and train both models first (about 20 minutes on 2 cores; 2 hours --from-scratch)")
     p.add_argument("--from-scratch", action="store_true",
@@ -58,14 +59,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --train: redo RDA and retrain both models from the start, discarding what their "
                         "folders and the RDA journal hold (otherwise a killed --train run resumes)")
     p.add_argument("--rda-out", default="runs/rda/reid_raw_rda.json", help="RDA annotation file (with --train)")
-    p.add_argument("--epochs", type=int, help="epochs of both models (with --train; default 4, or 20 --from-scratch)")
+    p.add_argument("--epochs", type=positive_int, help="epochs of both models (with --train; default 4, or 20 --from-scratch)")
     p.add_argument("--pretrain-world", action="append",
                    help="with --from-scratch: an attribute pre-training world, repeatable "
                         f"(default: the shipped recipe's, {' and '.join(PRETRAIN_WORLDS)})")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, help="THI on a fixed random sample of queries (default: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument("--limit", type=positive_int, help="THI on a fixed random sample of queries (default: all)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--out", metavar="FILE.json", default=str(DEFAULT_OUT), help="write the results here "
+                   "(default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of the table")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -84,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
              [sys.executable, "-m", "train", args.dir, "--out", folder(args.base_model)] + common,
              [sys.executable, "-m", "train", args.dir, "--out", folder(args.rda_model), "--annotations",
               args.rda_out] + common]
+    missing = [f"--{flag} {folder(model)}" for flag, model in (("base-model", args.base_model),
+                                                                 ("rda-model", args.rda_model))
+               if model.startswith("local-dir:") and not Path(folder(model)).is_dir()]
+    if missing and not args.train:
+        print(f"error: {' and '.join(missing)}: no such model folder; train both first with --train (about 20 "
+              "minutes on 2 cores), or pass --base-model and --rda-model", file=sys.stderr)
+        return 1
     if args.train:
         try:
             for cmd in steps:
@@ -103,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for tag, model in (("shipped", DEFAULT_MODEL), ("base", args.base_model), ("rda", args.rda_model)):
             embedder = Embedder(model)
+            if not args.quiet:
+                print(f"{tag}: {embedder.describe()}", file=sys.stderr)
             report, *_ = run_benchmark(args.dir, args.split, model=model, chroma=False, progress=not args.quiet,
                                        embedder=embedder)
             results[tag] = {k: report[k] for k in ("R1", "R5", "R10", "mAP", "mINP")}
@@ -116,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             results[f"{key}_baseline_same_queries"] = thi["baseline"]
             results[f"{key}_mllm_calls"] = thi["mllm_calls"]
     except (EmbedderError, FileNotFoundError) as e:
-        print(f"error: {str(e).splitlines()[0]} (train it with --train)", file=sys.stderr)
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     results["settings"] = {
         "dataset": str(Path(args.dir)), "split": args.split, "base_model": args.base_model, "rda_model": args.rda_model,
@@ -126,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
+    if args.json:
+        print(json.dumps(results))
+        return 0
     keys = ("R1", "R5", "R10", "mAP", "mINP")
     print(f"{'':16s}" + "".join(f"{k:>8s}" for k in keys))
     for row in ("shipped", "base", "rda", "thi", "rda+thi", "ceiling"):

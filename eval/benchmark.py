@@ -11,7 +11,6 @@ It prints which model, checkpoint format and score it used.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from data.readers import FORMAT_NAMES, DatasetError, read_dataset
+from tools.cliargs import ArgumentParser, add_output_arguments, legacy_json_file, non_negative_int
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError, add_model_arguments
 from tools.gallery import Gallery, GalleryError, check_scope, image_set_name, record_items
 from tools.paraphraser import rephrase
@@ -166,26 +166,27 @@ def format_table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.benchmark", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m eval.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("dir", help="dataset folder")
     p.add_argument("--format", default="auto", choices=("auto",) + FORMAT_NAMES)
     p.add_argument("--split", default="test")
     add_model_arguments(p)
     p.add_argument("--skip-missing", action="store_true", help="leave out records whose image file is missing (warns)")
-    p.add_argument("--json", metavar="OUT", help="write the report as JSON")
+    add_output_arguments(p, "the report", legacy_json=True)
     p.add_argument("--dump-similarity", metavar="OUT.npz", help="write similarity [queries x gallery] and pids")
     p.add_argument("--no-chroma", action="store_true", help="skip the Chroma gallery check")
     p.add_argument("--data-dir", help="Chroma folder for the gallery check (default: a temporary one)")
     p.add_argument("--url", help="Chroma server URL for the gallery check")
-    p.add_argument("--rephrase", type=int, metavar="SEED",
+    p.add_argument("--rephrase", type=non_negative_int, metavar="SEED",
                    help="rewrite every query the way RDA rewrites training captions (one attribute per sentence, "
                         "random paraphrases and order; what the parser does not read is dropped), with this seed")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    legacy_json_file(args, p.prog)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         report, sim, qp, gp = run_benchmark(args.dir, args.split, args.format, args.model, args.pretrained, args.device,
-                                            not args.no_chroma, args.data_dir, args.url, not args.quiet,
+                                            not args.no_chroma, args.data_dir, args.url, not (args.quiet or args.json),
                                             rephrase_seed=args.rephrase, score=args.score,
                                             skip_missing=args.skip_missing,
                                             image_size=tuple(args.image_size) if args.image_size else None,
@@ -193,10 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, EmbedderError, GalleryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(format_table(report))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report) if args.json else format_table(report))
     if args.dump_similarity:
         np.savez_compressed(args.dump_similarity, similarity=sim, query_pids=qp, gallery_pids=gp)
     return 0

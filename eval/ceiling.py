@@ -7,7 +7,6 @@ caption can do. Ties count at their expected rank.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -18,6 +17,7 @@ import numpy as np
 from data.synthpedes.ceiling import (AnnotationError, SplitAnnotations, ambiguity, ceiling_scores, load_annotations,
                                      split_annotations)
 from tools.attributes import IMAGE_SLOTS, SLOT_NAMES
+from tools.cliargs import ArgumentParser
 
 from .metrics import rank_metrics, summary
 
@@ -46,7 +46,7 @@ def with_knowledge(sa: SplitAnnotations, knowledge: str = "caption") -> SplitAnn
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.ceiling", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m eval.ceiling", description=__doc__.split("\n\n")[0])
     p.add_argument("dir", type=Path, help="SynthPedes folder")
     p.add_argument("--split", default="test")
     p.add_argument("--knowledge", choices=KNOWLEDGE, default="caption",

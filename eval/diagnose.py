@@ -32,6 +32,7 @@ import torch
 from data.readers import DatasetError, read_dataset
 from data.synthpedes.ceiling import AnnotationError, load_annotations
 from tools.attributes import SLOT_NAMES
+from tools.cliargs import ArgumentParser, add_output_arguments, legacy_json_file, positive_int
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
 
 from .benchmark import sample_indices, split_queries
@@ -158,22 +159,25 @@ def fusion_report(root: str | Path, embedder: Embedder, split: str = "test", wei
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.diagnose", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p = ArgumentParser(prog="python -m eval.diagnose", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("dir", help="SynthPedes folder (needs attributes.json)")
     p.add_argument("what", choices=("probe", "text", "fusion"))
     p.add_argument("--split", default="test")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--weight", type=float, default=0.05, help="fusion: weight of the recogniser term")
-    p.add_argument("--limit", type=int,
+    p.add_argument("--limit", type=positive_int,
                    help="probe: train photos used; text: train captions used; fusion: captions used (default: all)")
-    p.add_argument("--json", metavar="OUT", help="also write the report here")
+    add_output_arguments(p, "the report", legacy_json=True, always_json=True)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    legacy_json_file(args, p.prog)
     logging.basicConfig(level=logging.ERROR)
     try:
         embedder = Embedder(args.model)
+        if not args.quiet:
+            print(embedder.describe(), file=sys.stderr)
         if args.what == "probe":
             report = probe_report(args.dir, embedder, args.split, args.limit, progress=not args.quiet)
         elif args.what == "text":
@@ -184,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     print(json.dumps(report))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
     return 0
 
 

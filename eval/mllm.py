@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -27,6 +26,8 @@ from data.readers import DatasetError, read_dataset
 from data.synthpedes.ceiling import AnnotationError, load_annotations
 from graphs.server import make_backend
 from tools.attributes import SLOT_NAMES
+from tools.cliargs import (ArgumentParser, add_output_arguments, legacy_json_file, non_negative_int, positive_float,
+                           positive_int)
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
 from tools.mllm import MLLM, MLLMError
 from tools.mllm.base import ImageRef
@@ -154,7 +155,7 @@ def fit_verifier(mllm, pairs: list[tuple[str, ImageRef, bool]], l2: float = 1e-3
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.mllm", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m eval.mllm", description=__doc__.split("\n\n")[0])
     p.add_argument("dir", help="SynthPedes folder (needs attributes.json)")
     p.add_argument("--split", default="test")
     p.add_argument("--mllm", default="offline", help="offline (default), oracle, openai, transformers")
@@ -162,17 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mllm-model", help="openai: model name (or $THI_MLLM_MODEL)")
     p.add_argument("--mllm-path", help="transformers: folder of a local image-text-to-text model")
     p.add_argument("--mllm-protocol", help="chat backends: ours (default), icl, or a protocol JSON file")
-    p.add_argument("--mllm-timeout", type=float, default=60.0,
+    p.add_argument("--mllm-timeout", type=positive_float, default=60.0,
                    help="chat backends: seconds one MLLM call may take in all (default %(default)s)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="retrieval model that picks the hard negatives")
-    p.add_argument("--limit", type=int, help="captions (and photos) sampled")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=positive_int, help="captions (and photos) sampled")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--calibrate", action="store_true",
                    help="offline: choose the verification threshold on this split and save it with the recogniser")
     p.add_argument("--device")
-    p.add_argument("--json", metavar="OUT")
+    add_output_arguments(p, "the report", legacy_json=True, always_json=True)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    legacy_json_file(args, p.prog)
     logging.basicConfig(level=logging.ERROR)
     root = Path(args.dir)
     try:
@@ -187,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         mllm = make_backend(args.mllm, root, protocol=args.mllm_protocol, **options)
         mllm.preflight()  # a server that cannot answer fails here, before the retrieval model loads
         embedder = Embedder(args.model, device=args.device)
+        if not args.quiet:
+            print(embedder.describe(), file=sys.stderr)
         pairs = verification_pairs(root, args.split, embedder, args.limit, args.seed)
         report: dict = {"mllm": mllm.name, "split": args.split, "retrieval_model": embedder.name}
         if args.calibrate:
@@ -209,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     text = json.dumps(report, indent=2)
     print(text)
-    if args.json:
-        Path(args.json).write_text(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
     return 0
 
 

@@ -32,10 +32,12 @@ from graphs.demo import open_gallery
 from graphs.report import write_trace
 from graphs.server import make_backend, register, unregister
 from graphs.thi import build_graph, final_scores, recursion_limit
-from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
+from tools.cliargs import (ArgumentParser, add_output_arguments, cosine, legacy_json_file, non_negative_int,
+                           positive_int, unit_float)
+from tools.embedder import Embedder, EmbedderError, add_model_arguments, embedder_from_args
 from tools.gallery import GalleryError
 from tools.index import GalleryIndex
-from tools.mllm import MLLM, MLLMError
+from tools.mllm import BACKENDS, MLLM, MLLMError
 from tools.mllm.base import ImageRef, Verdict
 
 from .benchmark import sample_indices, split_queries
@@ -99,12 +101,14 @@ def _one_intra_op_thread():
 def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder: Embedder, split: str = "test",
                       format: str = "auto", user: str = "none", user_mllm: MLLM | None = None,
                       limit: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
-                      url: str | None = None, trace: str | Path | None = None, progress: bool = True) -> dict:
-    ds = read_dataset(root, format)
+                      url: str | None = None, trace: str | Path | None = None, progress: bool = True,
+                      skip_missing: bool = False) -> dict:
+    ds = read_dataset(root, format, skip_missing=skip_missing, splits=[split])
     records = ds.split(split)
     if not records:
         raise DatasetError(f"{root}: split {split!r} is empty")
-    gallery, _ = open_gallery(root, embedder, split, url, data_dir, index_if_missing=True, progress=progress)
+    gallery, _ = open_gallery(root, embedder, split, url, data_dir, index_if_missing=True, progress=progress,
+                              skip_missing=skip_missing)
     index = GalleryIndex(gallery, embedder)
     gallery_pids = np.asarray([m.get("pid", -1) for m in index.metadatas])
     texts, qpids, owner = split_queries(records)
@@ -218,42 +222,53 @@ def _mllm(kind: str, root: Path, device: str | None, flip: float = 0.0) -> MLLM:
     return NoisyVerifier(m, flip) if flip > 0 else m
 
 
+def policy_list(text: str) -> list[str]:
+    """``--policy``: one policy or several, comma-separated (an argparse ``type=``)."""
+    policies = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in policies if x not in ("paper", "adaptive")]
+    if bad or not policies:
+        raise argparse.ArgumentTypeError(f"must be adaptive, paper or 'paper,adaptive', not {text!r}")
+    return policies
+
+
 def main(argv: list[str] | None = None) -> int:
     d = THIConfig()
-    p = argparse.ArgumentParser(prog="python -m eval.thi", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m eval.thi", description=__doc__.split("\n\n")[0])
     p.add_argument("dir", help="dataset folder")
     p.add_argument("--format", default="auto", choices=("auto",) + FORMAT_NAMES)
     p.add_argument("--split", default="test")
-    p.add_argument("--mllm", default="offline", help="offline (default), oracle (simulation only), openai, transformers")
-    p.add_argument("--policy", default="adaptive", help="adaptive, paper, or both as 'paper,adaptive'")
+    p.add_argument("--skip-missing", action="store_true", help="leave out records whose image file is missing (warns)")
+    p.add_argument("--mllm", default="offline", choices=BACKENDS,
+                   help="offline (default), oracle (simulation only), openai, transformers")
+    p.add_argument("--policy", default=["adaptive"], type=policy_list,
+                   help="adaptive (default), paper, or both as 'paper,adaptive'")
     p.add_argument("--user", choices=("none", "simulated"), default="none",
                    help="none: THI knows only the caption; simulated: the MLLM answers about the true target photo")
-    p.add_argument("--user-mllm", help="backend of the simulated user (default: --mllm)")
-    p.add_argument("--rounds", type=int, default=d.rounds)
-    p.add_argument("-k", type=int, default=d.k)
-    p.add_argument("--xi", type=float, default=d.xi, help="paper gate (default %(default)s, the paper's)")
-    p.add_argument("--lam", type=float, help="fusion weight of the original similarity without a user (default: "
-                   f"{d.lam} for paper, {d.lam_adaptive} for adaptive)")
-    p.add_argument("--anchor-depth", type=int, default=d.anchor_depth,
+    p.add_argument("--user-mllm", choices=BACKENDS, help="backend of the simulated user (default: --mllm)")
+    p.add_argument("--rounds", type=positive_int, default=d.rounds, help="round limit (default %(default)s)")
+    p.add_argument("-k", type=positive_int, default=d.k, help="top-k used for convergence (default %(default)s)")
+    p.add_argument("--xi", type=cosine, default=d.xi, help="paper gate, within [-1, 1] (default %(default)s, the paper's)")
+    p.add_argument("--lam", type=unit_float, help="fusion weight of the original similarity without a user, within "
+                   f"[0, 1] (default: {d.lam} for paper, {d.lam_adaptive} for adaptive)")
+    p.add_argument("--anchor-depth", type=positive_int, default=d.anchor_depth,
                    help="adaptive: how deep the anchor search may verify (default %(default)s)")
     p.add_argument("--config", metavar="JSON", default="{}",
                    help='more THIConfig fields as a JSON object, e.g. \'{"questions_from": "probe"}\' (they '
                         "override the flags above)")
-    p.add_argument("--flip", type=float, default=0.0, help="flip this share of verification answers (study)")
-    p.add_argument("--limit", type=int, help="evaluate a fixed random sample of this many queries")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--pretrained")
-    p.add_argument("--device")
+    p.add_argument("--flip", type=unit_float, default=0.0,
+                   help="flip this share of verification answers, within [0, 1] (study)")
+    p.add_argument("--limit", type=positive_int, help="evaluate a fixed random sample of this many queries")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the --limit sample (default %(default)s)")
+    add_model_arguments(p, score=False)  # THI ranks by the global (BGE) embeddings
     p.add_argument("--data-dir", help="Chroma folder (default $THI_HOME/chroma)")
     p.add_argument("--url", help="Chroma server URL")
-    p.add_argument("--json", metavar="OUT", help="write the report(s) as JSON")
+    add_output_arguments(p, "the report (a list of reports for several policies)", legacy_json=True)
     p.add_argument("--plot", metavar="OUT.png", help="plot R1 per round for each policy")
     p.add_argument("--trace", metavar="FILE.jsonl", help="write every query's rounds")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    legacy_json_file(args, p.prog)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s: %(message)s")
-    policies = [x.strip() for x in args.policy.split(",") if x.strip()]
     try:
         extra = json.loads(args.config)
         if not isinstance(extra, dict):
@@ -261,12 +276,14 @@ def main(argv: list[str] | None = None) -> int:
         cfgs = [THIConfig(**{"policy": policy, "rounds": args.rounds, "k": args.k, "xi": args.xi,
                              "anchor_depth": args.anchor_depth,
                              **({} if args.lam is None else {fusion_weight_field(policy): args.lam}), **extra})
-                for policy in policies]
+                for policy in args.policy]
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         print(f"error: bad --config: {e}", file=sys.stderr)
         return 2
     try:
-        embedder = Embedder(args.model, args.pretrained, device=args.device)
+        embedder = embedder_from_args(args)
+        if not args.quiet:
+            print(embedder.describe(), file=sys.stderr)
         root = Path(args.dir)
         reports = []
         for cfg in cfgs:
@@ -274,10 +291,19 @@ def main(argv: list[str] | None = None) -> int:
             user_mllm = _mllm(args.user_mllm, root, args.device) if args.user_mllm else None
             reports.append(run_thi_benchmark(root, cfg, mllm, embedder, args.split, args.format, args.user, user_mllm,
                                              args.limit, args.seed, args.data_dir, args.url, args.trace,
-                                             not args.quiet))
+                                             not (args.quiet or args.json), args.skip_missing))
     except (DatasetError, EmbedderError, GalleryError, MLLMError, ValueError, FileNotFoundError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
+    result = reports[0] if len(reports) == 1 else reports
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    if args.plot:
+        plot_rounds(reports, args.plot)
+    if args.json:
+        print(json.dumps(result))
+        return 0
     for rep in reports:
         tag = " [ORACLE: simulation only]" if rep["oracle"] else ""
         print(f"policy {rep['policy']}, mllm {rep['mllm']}{tag}, user {rep['user']}, {rep['num_queries']} queries")
@@ -289,11 +315,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:12s}" + "".join(f"{m[k]:8.2f}" for k in METRIC_KEYS))
         print(f"MLLM calls per query: mean {rep['mllm_calls']['mean']}, max {rep['mllm_calls']['max']}; latency p50 "
               f"{rep['latency_ms']['p50']} ms (overhead p50 {rep['overhead_ms']['p50']} ms), p95 {rep['latency_ms']['p95']} ms")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
-    if args.plot:
-        plot_rounds(reports, args.plot)
     return 0
 
 

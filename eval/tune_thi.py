@@ -10,23 +10,23 @@ final, calls, overhead). This is how the defaults in ``graphs/config.py`` were c
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 from pathlib import Path
 
-from tools.embedder import DEFAULT_MODEL, Embedder
+from tools.cliargs import ArgumentParser, non_negative_int, positive_int
+from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.tune_thi", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m eval.tune_thi", description=__doc__.split("\n\n")[0])
     p.add_argument("dir", help="SynthPedes folder")
     p.add_argument("settings", nargs="*", default=["{}"], help="JSON objects of THIConfig fields (default: {})")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--split", default="val")
-    p.add_argument("--limit", type=int, default=800, help="fixed random sample of queries (default %(default)s)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--limit", type=positive_int, default=800, help="fixed random sample of queries (default %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=1)
     args = p.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.ERROR)
     if args.split == "test":
@@ -43,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         print(f"error: bad setting: {e}", file=sys.stderr)
         return 2
-    embedder = Embedder(args.model)
+    try:
+        embedder = Embedder(args.model)
+    except EmbedderError as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(embedder.describe(), file=sys.stderr)
     for user, user_mllm, cfg, shown in configs:
         # a fresh backend per setting: cached answers from the previous setting would not count as calls
         mllm = make_mllm("offline")

@@ -34,11 +34,13 @@ def ensure_demo_world(home: Path | None = None, progress: bool = True) -> Path:
 
 
 def open_gallery(source: str | Path | None, embedder: Embedder, split: str = "test", url: str | None = None,
-                 data_dir: str | Path | None = None, index_if_missing: bool = True, progress: bool = True) -> tuple[Gallery, Path]:
+                 data_dir: str | Path | None = None, index_if_missing: bool = True, progress: bool = True,
+                 skip_missing: bool = False) -> tuple[Gallery, Path]:
     """The gallery for ``source`` (a dataset folder or image folder; default: the demo world),
-    indexed with ``embedder``'s model. A missing index is built when ``index_if_missing``."""
+    indexed with ``embedder``'s model. A missing index is built when ``index_if_missing``;
+    ``skip_missing`` leaves out dataset records whose image file is missing (warns)."""
     folder = Path(source) if source else ensure_demo_world(progress=progress)
-    name, items = items_for(folder, split)
+    name, items = items_for(folder, split, skip_missing=skip_missing)
     if not index_if_missing:
         return Gallery.open(name, embedder, data_dir, url, create=False), folder
     gallery = Gallery.open(name, embedder, data_dir, url)

@@ -24,7 +24,6 @@ Killed and re-run, it continues from the journal and the final file equals an un
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from typing_extensions import TypedDict
 from data.readers import FORMATS, FORMAT_NAMES, MISSING_EXAMPLES, DatasetError, annotation_path, detect_format, \
     load_json_list
 from tools.attributes import COLOR_PARENT, IDENTITY_SLOTS
+from tools.cliargs import ArgumentParser, non_negative_int, positive_int, unit_float
 from tools.mllm import MLLM, MLLMError, make_mllm
 from tools.mllm.base import ImageRef
 from tools.mllm.parser import parse
@@ -367,7 +367,7 @@ def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto",
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m graphs.rda", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m graphs.rda", description=__doc__.split("\n\n")[0],
                                 epilog="example: python -m graphs.rda synthpedes --out runs/rda/reid_raw_rda.json")
     p.add_argument("dir", help="dataset folder")
     p.add_argument("--out", required=True, help="output annotation file (JSON, the dataset's layout + diversity_captions)")
@@ -377,16 +377,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mllm-model", help="openai: model name")
     p.add_argument("--paraphraser", choices=("rules", "llm"), default="rules",
                    help="rules (default) or llm (the --mllm chat backend paraphrases)")
-    p.add_argument("--m", type=int, default=5, help="paraphrases per sub-sentence (default %(default)s)")
-    p.add_argument("--min-confidence", type=float, default=0.9,
+    p.add_argument("--m", type=positive_int, default=5, help="paraphrases per sub-sentence (default %(default)s)")
+    p.add_argument("--min-confidence", type=unit_float, default=0.9,
                    help="add an MLLM answer to a caption only at this confidence or more (default %(default)s)")
-    p.add_argument("--workers", type=int, default=1, help="concurrent MLLM requests (chat backends)")
+    p.add_argument("--workers", type=positive_int, default=1, help="concurrent MLLM requests (chat backends)")
     p.add_argument("--split", default="train",
                    help="augment the records of this split (default %(default)s; 'all' for every record); "
                         "the others are written back unchanged")
-    p.add_argument("--limit", type=int, help="only the first N records of the split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=positive_int, help="only the first N records of the split")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--restart", action="store_true",
                    help="discard what an earlier run journalled beside --out (otherwise a killed run resumes)")
     p.add_argument("--skip-missing", action="store_true",
@@ -394,9 +394,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-    if args.m < 1:
-        print("error: --m must be >= 1", file=sys.stderr)
-        return 2
     try:
         opts: dict = {}
         if args.mllm == "oracle":

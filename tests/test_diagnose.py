@@ -50,7 +50,7 @@ def test_fusion_report_the_recogniser_ranks_far_above_a_random_retriever(small_w
 def test_cli_writes_json_and_refuses_a_folder_without_annotations(small_world, tmp_path, capsys):
     model = f"local-dir:{tiny_model_dir(tmp_path)}"
     out = tmp_path / "fusion.json"
-    assert main([str(small_world), "fusion", "--model", model, "--limit", "6", "--json", str(out), "--quiet"]) == 0
+    assert main([str(small_world), "fusion", "--model", model, "--limit", "6", "--out", str(out), "--quiet"]) == 0
     assert json.loads(out.read_text())["queries"] == 6
     capsys.readouterr()
     assert main([str(tmp_path / "nope"), "probe", "--model", model, "--quiet"]) == 1

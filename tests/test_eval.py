@@ -20,7 +20,7 @@ def model(tmp_path_factory):
 
 def test_benchmark_json_ceiling_chroma_and_similarity_dump(small_world, model, tmp_path, capsys):
     out, npz = tmp_path / "b.json", tmp_path / "s.npz"
-    assert benchmark_main([str(small_world), "--model", model, "--json", str(out), "--dump-similarity", str(npz),
+    assert benchmark_main([str(small_world), "--model", model, "--out", str(out), "--dump-similarity", str(npz),
                            "--quiet"]) == 0
     report = json.loads(out.read_text())
     for key in ("R1", "R5", "R10", "mAP", "mINP", "num_queries", "num_gallery"):
@@ -48,7 +48,7 @@ def test_benchmark_can_rephrase_the_queries(small_world, model):
 def test_thi_benchmark_keys_rounds_and_plot(small_world, model, tmp_path):
     out, png = tmp_path / "t.json", tmp_path / "r1.png"
     rc = thi_main([str(small_world), "--model", model, "--mllm", "oracle", "--policy", "paper,adaptive", "--xi", "-1",
-                   "--data-dir", str(tmp_path / "db"), "--json", str(out), "--plot", str(png), "--quiet"])
+                   "--data-dir", str(tmp_path / "db"), "--out", str(out), "--plot", str(png), "--quiet"])
     assert rc == 0
     reports = json.loads(out.read_text())
     assert [r["policy"] for r in reports] == ["paper", "adaptive"]
@@ -60,7 +60,7 @@ def test_thi_benchmark_keys_rounds_and_plot(small_world, model, tmp_path):
     assert png.stat().st_size > 1000
     # a simulated user answering about the target
     rc = thi_main([str(small_world), "--model", model, "--mllm", "oracle", "--user", "simulated", "--limit", "6",
-                   "--data-dir", str(tmp_path / "db"), "--json", str(out), "--quiet",
+                   "--data-dir", str(tmp_path / "db"), "--out", str(out), "--quiet",
                    "--config", '{"questions_from": "probe", "user_verify_budget": 4}'])
     report = json.loads(out.read_text())
     assert rc == 0 and report["user"].startswith("simulated")
@@ -129,7 +129,7 @@ def test_benchmark_with_only_pretrained_best_pth(small_world, research, tmp_path
     from tools.tse import similarity
 
     out = tmp_path / "r.json"
-    assert benchmark_main([str(small_world), "--pretrained", str(research[fmt]), "--quiet", "--json", str(out)]) == 0
+    assert benchmark_main([str(small_world), "--pretrained", str(research[fmt]), "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     first = printed.splitlines()[0]
     assert label in first and "QuickGELU" in first and "96x32" in first and "bilinear" in first

@@ -119,7 +119,7 @@ def test_cli_reports_and_rejects_bad_input(small_world, embedder, tmp_path, caps
     out = tmp_path / "m.json"
     model = embedder.name if embedder.name.startswith("local-dir:") else None
     assert model, "the tiny embedder is a local-dir model"
-    assert main([str(small_world), "--mllm", "oracle", "--model", model, "--json", str(out), "--quiet"]) == 0
+    assert main([str(small_world), "--mllm", "oracle", "--model", model, "--out", str(out), "--quiet"]) == 0
     report = json.loads(out.read_text())
     assert report["mllm"] == "oracle" and report["verification"]["negative_recall"] == 1.0
     capsys.readouterr()

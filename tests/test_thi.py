@@ -142,9 +142,10 @@ def test_sequential_search_settings_are_checked(capsys):
         THIConfig(anchor_search="greedy")
     with pytest.raises(ValueError, match="anchor_depth"):
         THIConfig(anchor_depth=0)
-    assert thi_main(["--query", "a man in a red coat", "--anchor-depth", "0"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # refused by the flag's type, before anything loads
+        thi_main(["--query", "a man in a red coat", "--anchor-depth", "0"])
     err = capsys.readouterr().err
-    assert "anchor_depth" in err and "Traceback" not in err
+    assert exit_.value.code == 2 and "--anchor-depth: must be an integer >= 1" in err and "Traceback" not in err
 
 
 def test_adaptive_anchor_adds_facts_and_moves_verified_candidates(setup):

@@ -251,7 +251,9 @@ def test_same_person_weight_reaches_both_losses_and_is_checked(small_world, mode
     assert seen and {w for _, w in seen} == {0.25} and {n for n, _ in seen} == {"sdm", "identity_itc"}
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["config"]["same_person_weight"] == 0.25  # another weight is another run (no silent resume)
-    assert main([str(small_world), "--out", str(tmp_path / "o"), "--same-person-weight", "1.5"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # refused by the flag's type
+        main([str(small_world), "--out", str(tmp_path / "o"), "--same-person-weight", "1.5"])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--same-person-weight" in err[0]
     assert not (tmp_path / "o").exists()

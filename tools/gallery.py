@@ -112,7 +112,7 @@ def folder_items(folder: str | Path) -> tuple[list[GalleryItem], list[Path]]:
     """Image files under ``folder`` (recursively) and the other files found there."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise GalleryError(f"{folder}: gallery folder not found")
+        raise GalleryError(f"{folder}: {'a file, not a folder of images' if folder.exists() else 'gallery folder not found'}")
     images, others = [], []
     for p in sorted(folder.rglob("*")):
         if not p.is_file() or p.name.startswith("."):
@@ -441,16 +441,16 @@ def items_for(source: str | Path, split: str = "test", format: str = "auto",
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
     import json
     import sys
     import time
 
     from data.readers import DatasetError
 
+    from .cliargs import ArgumentParser, positive_int
     from .embedder import EmbedderError, add_model_arguments, embedder_from_args
 
-    p = argparse.ArgumentParser(prog="python -m tools.gallery",
+    p = ArgumentParser(prog="python -m tools.gallery",
                                 description="Index images into a Chroma gallery and query it by text.")
     add_model_arguments(p, score=False)
     p.add_argument("--data-dir", help="Chroma folder (default $THI_HOME/chroma = ~/.cache/thi-reid/chroma)")
@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     pq.add_argument("--split", default="test")
     pq.add_argument("--format", default="auto")
     pq.add_argument("--skip-missing", action="store_true", help="as given when indexing")
-    pq.add_argument("-k", type=int, default=10, help="results (default %(default)s)")
+    pq.add_argument("-k", type=positive_int, default=10, help="results (default %(default)s)")
     pq.add_argument("--score", choices=SCORES,
                     help="bge, tse or fused ((bge + tse) / 2); default fused where the model has TSE heads, else bge")
     args = p.parse_args(argv)

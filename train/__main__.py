@@ -9,13 +9,14 @@ import sys
 from dataclasses import fields
 
 from data.readers import FORMAT_NAMES, DatasetError
+from tools.cliargs import ArgumentParser, int_at_least, non_negative_int, positive_float, positive_int, unit_float
 
 from .loop import TrainConfig, TrainingError, fit
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m train",
         description="Train an open_clip model on a dataset folder (any supported layout) with identity-aware "
                     "contrastive + IRRA SDM losses. Writes an open_clip local-dir model to --out (best validation "
@@ -34,17 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-world", metavar="DIR", action="append",
                    help="a separate SynthPedes world: pre-train the image tower on its attribute annotations first "
                         "(repeat for several worlds; never the dataset being trained on)")
-    p.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs)
-    p.add_argument("--text-pretrain-epochs", type=int, default=d.text_pretrain_epochs,
+    p.add_argument("--pretrain-epochs", type=non_negative_int, default=d.pretrain_epochs)
+    p.add_argument("--text-pretrain-epochs", type=non_negative_int, default=d.text_pretrain_epochs,
                    help="with --pretrain-world: then pre-train the text tower to read what those worlds' captions "
                         "state (default %(default)s: no)")
     p.add_argument("--extra-world", metavar="DIR[=ANNOTATIONS]", action="append",
                    help="another dataset folder (e.g. a SynthPedes world with another seed) whose train split joins "
                         "contrastive training, its people kept apart from the main dataset's; =FILE reads that "
                         "annotation file instead (e.g. the world's RDA output); repeat for several")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--epochs", type=positive_int, default=d.epochs)
+    p.add_argument("--batch-size", type=int_at_least(2), default=d.batch_size)
+    p.add_argument("--lr", type=positive_float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
     p.add_argument("--init-logit-scale", type=float, default=d.init_logit_scale,
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of shared image/text attribute heads, labels parsed from the captions (default %(default)s)")
     p.add_argument("--similar-batches", type=float, default=d.similar_batches,
                    help="share of people batched with look-alikes (default %(default)s)")
-    p.add_argument("--same-person-weight", type=float, default=d.same_person_weight,
+    p.add_argument("--same-person-weight", type=unit_float, default=d.same_person_weight,
                    help="contrastive target weight of a person's other photos against the caption's own photo; "
                         "1 = IRRA's identity-aware targets, below 1 the photo's context (place, action, bystanders) "
                         "is learnt (default %(default)s)")
@@ -63,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rda-decay", type=float, default=d.rda_decay, help="RDA weight w = max(0.1, 1 - DECAY * epoch)")
     p.add_argument("--precision", default=d.precision, choices=("auto", "bf16", "fp32"))
     p.add_argument("--save-dtype", default=d.save_dtype, choices=("fp32", "fp16"))
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=non_negative_int, default=d.seed)
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
-    p.add_argument("--workers", type=int, default=d.workers, help="image loading threads")
+    p.add_argument("--workers", type=positive_int, default=d.workers, help="image loading threads")
     p.add_argument("--skip-missing", action="store_true",
                    help="leave out train/val records whose image file is missing (warns); other splits are not read")
     p.add_argument("--restart", action="store_true", help="discard a previous run in --out")
@@ -82,12 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     if args.text_pretrain_epochs and not args.pretrain_world:
         print("error: --text-pretrain-epochs needs --pretrain-world (the captions come from those worlds)", file=sys.stderr)
-        return 2
-    if not 0.0 <= args.same_person_weight <= 1.0:
-        print("error: --same-person-weight must lie in [0, 1]", file=sys.stderr)
-        return 2
-    if args.epochs < 1 or args.batch_size < 2:
-        print("error: --epochs must be >= 1 and --batch-size >= 2", file=sys.stderr)
         return 2
     try:
         summary = fit(args.dir, args.out, cfg, model=args.model, init=args.init, scratch=args.scratch,

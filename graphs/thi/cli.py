@@ -1,7 +1,13 @@
-"""python -m graphs.thi --query TEXT: interactive text-to-image person retrieval from the terminal.
+"""python -m graphs.thi --query TEXT | --demo: interactive text-to-image person retrieval from the terminal.
 
-The flags describe one run context (:class:`graphs.config.THIContext`); the models, gallery and
-MLLM come from ``graphs.server``'s cache, as for every other entry point.
+The flags describe one run context (:class:`graphs.config.THIContext`); the MLLM comes from
+``graphs.server``'s cache, as for every other entry point. The retrieval model is built from the
+shared model flags (``tools.embedder.add_model_arguments``: research checkpoints, input size) and
+its gallery index is registered for the run (``graphs.server.register``).
+
+``--demo`` picks a caption of an annotated gallery (default: the demo gallery's test split) whose
+true person plain retrieval ranks 2nd to k-th (:func:`pick_demo_case`), runs THI on it and prints
+the true person's rank after every round.
 """
 
 from __future__ import annotations
@@ -11,41 +17,69 @@ import json
 import logging
 import sys
 import uuid
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
+import numpy as np
 from langgraph.types import Command
 
-from tools.embedder import DEFAULT_MODEL, EmbedderError
+from data.readers import DatasetError, read_dataset
+from tools.cliargs import ArgumentParser, cosine, non_negative_int, positive_int, unit_float
+from tools.embedder import EmbedderError, add_model_arguments, embedder_from_args
 from tools.gallery import GalleryError
+from tools.index import GalleryIndex
 from tools.mllm import BACKENDS, MLLMError
 
 from ..config import THIConfig, THIContext, fusion_weight_field
+from ..demo import open_gallery
 from ..report import write_report, write_trace
-from ..server import backend_for, open_index
+from ..server import backend_for, gallery_folder, register, unregister
 from .graph import build_graph, recursion_limit
 
 log = logging.getLogger(__name__)
 
 
+#: ``--demo``'s default seed. It was chosen because its caption's dialogue shows THI moving the
+#: true person up with the shipped model and the offline MLLM; other seeds show other outcomes,
+#: failures included.
+DEMO_SEED = 11
+#: captions ``--demo`` looks through, in the seed's order, for one whose true person ranks 2..k
+DEMO_SCAN = 1000
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = THIConfig()
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m graphs.thi",
         description="Find a person in a gallery of pedestrian photos from a description, then refine the ranking "
                     "by asking an MLLM about the top candidates (THI). With no other flag it uses the shipped model, "
                     "the SynthPedes demo gallery (generated and indexed on first run under $THI_HOME, default "
                     "~/.cache/thi-reid) and the offline MLLM.",
-        epilog='example: python -m graphs.thi --query "a woman in a red coat with a black backpack"')
-    p.add_argument("--query", required=True, help="the description of the person")
+        epilog='examples: "python -m graphs.thi --demo"; '
+               '"python -m graphs.thi --query \'a woman in a red coat with a black backpack\'"')
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--query", help="the description of the person")
+    what.add_argument("--demo", action="store_true",
+                      help="THI at work on a caption of the annotated gallery (default: the demo gallery's test "
+                           "split, the default world's test people): the true person's rank is printed after every "
+                           "round, known only because the gallery is annotated. The caption is the first, in a "
+                           "random order drawn with --seed, whose true person plain retrieval ranks 2nd to k-th: "
+                           "not a random sample, but a case where THI has something to do")
+    p.add_argument("--seed", type=non_negative_int,
+                   help=f"--demo: the seed of the caption order (default {DEMO_SEED}, chosen because its dialogue "
+                        "moves the true person up; other seeds may show THI failing)")
     g = p.add_argument_group("THI")
     g.add_argument("--policy", choices=("adaptive", "paper"), default=d.policy,
                    help="adaptive (ours) or paper (ICL's published algorithm) (default %(default)s)")
-    g.add_argument("-k", type=int, default=d.k, help="top-k shown and used for convergence (default %(default)s)")
-    g.add_argument("--rounds", type=int, default=d.rounds, help="round limit (default %(default)s)")
-    g.add_argument("--xi", type=float, default=d.xi, help="paper: gate on the top-1 similarity (default %(default)s)")
-    g.add_argument("--lam", type=float, help="weight of the original similarity in the fusion without a user "
-                   f"(default: {d.lam} for paper, the paper's; {d.lam_adaptive} for adaptive; --interactive fuses "
-                   f"at {d.lam_user})")
-    g.add_argument("--anchor-depth", type=int, default=d.anchor_depth,
+    g.add_argument("-k", type=positive_int, default=d.k,
+                   help="top-k shown and used for convergence (default %(default)s)")
+    g.add_argument("--rounds", type=positive_int, default=d.rounds, help="round limit (default %(default)s)")
+    g.add_argument("--xi", type=cosine, default=d.xi,
+                   help="paper: gate on the top-1 similarity, within [-1, 1] (default %(default)s)")
+    g.add_argument("--lam", type=unit_float, help="weight of the original similarity in the fusion without a user, "
+                   f"within [0, 1] (default: {d.lam} for paper, the paper's; {d.lam_adaptive} for adaptive; "
+                   f"--interactive fuses at {d.lam_user})")
+    g.add_argument("--anchor-depth", type=positive_int, default=d.anchor_depth,
                    help="adaptive: how deep down the ranking the anchor search may verify (default %(default)s)")
     g.add_argument("--interactive", action="store_true", help="answer the questions yourself at the terminal")
     g.add_argument("--checkpoint", metavar="FILE.sqlite", help="keep the dialogue in this SQLite checkpoint (resumable)")
@@ -60,15 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gallery", help="dataset folder or image folder (default: the SynthPedes demo gallery)")
     r.add_argument("--split", default="test", help="split of a dataset folder (default %(default)s)")
     r.add_argument("--index", action="store_true", help="index --gallery if it is not indexed yet")
+    r.add_argument("--skip-missing", action="store_true",
+                   help="leave out dataset records whose image file is missing (warns); give it when indexing too")
     r.add_argument("--url", help="Chroma server URL (http://HOST:PORT) instead of the local Chroma folder")
     r.add_argument("--data-dir", help="local Chroma folder (default $THI_HOME/chroma)")
-    r.add_argument("--model", default=DEFAULT_MODEL, help="retrieval model (default %(default)s)")
-    r.add_argument("--pretrained", help="pretrained tag or checkpoint file for --model")
-    r.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
+    add_model_arguments(r, score=False)  # THI ranks by the global (BGE) embeddings
     o = p.add_argument_group("output")
     o.add_argument("--trace", metavar="FILE.jsonl", help="write one JSON line per round")
-    o.add_argument("--report", metavar="FILE.html", help="write an HTML report with thumbnails")
-    o.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    o.add_argument("--report", metavar="FILE.html", help="write an HTML report: settings, every round's candidates "
+                                                         "as thumbnails linking to the photos, a legend")
+    o.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
+    o.add_argument("--out", metavar="FILE.json", help="also write that JSON object to this file")
     o.add_argument("--quiet", action="store_true", help="no progress bars or logs")
     return p
 
@@ -84,11 +120,133 @@ def context_from_args(args: argparse.Namespace) -> THIContext:
                       user="human" if args.interactive else "none")
 
 
+def open_cli_index(args: argparse.Namespace, progress: bool) -> GalleryIndex:
+    """The gallery index the flags name, with the retrieval model of the model flags (its
+    description goes to stderr unless ``--quiet``). The demo gallery is generated and indexed when
+    missing; another gallery only with ``--index``."""
+    embedder = embedder_from_args(args)
+    if not args.quiet:
+        print(embedder.describe(), file=sys.stderr)
+    gallery, _ = open_gallery(args.gallery, embedder, args.split, args.url, args.data_dir,
+                              index_if_missing=args.gallery is None or args.index, progress=progress,
+                              skip_missing=args.skip_missing)
+    return GalleryIndex(gallery, embedder)
+
+
+def _gallery_hint(args: argparse.Namespace, error: Exception) -> str:
+    """What to do about a gallery error, where the flags can fix it."""
+    if args.gallery is not None and not args.index and "is not indexed" in str(error):
+        return f"; or pass --index to index {args.gallery} now"
+    return ""
+
+
+# -------------------------------------------------------------------------------------------
+# the demo
+
+
+@dataclass(frozen=True)
+class DemoCase:
+    """The caption ``--demo`` runs: its text, its true person and photo, where it was found."""
+
+    caption: str
+    pid: int
+    image: str  # the photo the caption describes (gallery id)
+    number: int  # 1-based position of the caption among the split's captions (file order)
+    total: int  # captions in the split
+    seed: int
+    scanned: int  # captions looked at before this one was taken (this one included)
+    rank: int | None  # the true person's rank under plain retrieval (its best-ranked photo)
+    fits: bool  # whether ``rank`` is within 2..k (False: none of the scanned captions was; the first is shown)
+
+
+def person_rank(scores: np.ndarray, pids: np.ndarray, pid: int) -> int | None:
+    """1-based rank of person ``pid``'s best-scored photo (ties counted in its favour, as the THI
+    trace's ``target_rank``); None when the gallery has no photo of the person."""
+    hit = pids == pid
+    if not hit.any():
+        return None
+    return int((scores > scores[hit].max()).sum()) + 1
+
+
+def gallery_pids(index: GalleryIndex) -> np.ndarray:
+    """The person id of every gallery image (int [N], -1 where unknown), in the index's order."""
+    return np.asarray([m.get("pid", -1) for m in index.metadatas])
+
+
+def pick_demo_case(index: GalleryIndex, folder: str | Path, split: str, seed: int, k: int,
+                   skip_missing: bool = False, scan: int = DEMO_SCAN) -> DemoCase:
+    """The first caption, in the order of a random permutation drawn with ``seed``, whose true
+    person plain retrieval (``index.scores``) ranks 2nd to ``k``-th; the first caption of that
+    order (``fits`` False) when none of the first ``scan`` does. Raises ``data.readers.DatasetError``
+    when ``folder`` has no annotations, ``ValueError`` when its ``split`` has no captions."""
+    records = read_dataset(folder, skip_missing=skip_missing, splits=[split]).split(split)
+    captions = [(r, c) for r in records for c in r.captions]
+    if not captions:
+        raise ValueError(f"{folder}: split {split!r} has no captions for --demo")
+    pids = gallery_pids(index)
+    order = np.random.default_rng(seed).permutation(len(captions))
+    first = None
+    for n, q in enumerate(order[:scan], 1):
+        record, caption = captions[q]
+        rank = person_rank(index.scores(caption), pids, record.pid)
+        case = DemoCase(caption, int(record.pid), record.image, int(q) + 1, len(captions), seed, n, rank, False)
+        first = first or case
+        if rank is not None and 2 <= rank <= k:
+            return replace(case, fits=True)
+    return first
+
+
+def _print_demo_header(case: DemoCase, folder: Path, split: str, k: int) -> None:
+    print(f"demo: caption {case.number} of {case.total} in the {split} split of {folder} "
+          f"(person {case.pid}, photo {case.image})")
+    if case.fits:
+        print(f"  chosen with seed {case.seed}: the first caption, in a random order drawn with that seed, whose true "
+              f"person plain retrieval ranks 2nd to {k}th ({case.scanned} looked at). Not a random sample: a case "
+              "where THI has something to do.")
+    else:
+        print(f"  seed {case.seed}: none of the first {case.scanned} captions in its order ranks its true person 2nd "
+              f"to {k}th; showing the first")
+
+
+def _rank_line(rank: int | None, before: int | None = None) -> str:
+    if rank is None:
+        return "  true person: not in the gallery (known only because the gallery is annotated)"
+    moved = "" if before is None or before == rank else f"was {before}; "
+    return f"  true person: rank {rank} ({moved}known only because the gallery is annotated)"
+
+
+def round_ranks(rank0: int | None, rounds: list[dict]) -> list[int | None]:
+    """The true person's rank before THI and after every round. A round that re-ranked records
+    ``target_rank``; one that did not (no anchor yet) left the ranking, and so the rank, as it was."""
+    ranks = [rank0]
+    for r in rounds:
+        ranks.append(r["target_rank"] if r.get("target_rank") is not None else ranks[-1])
+    return ranks
+
+
+# -------------------------------------------------------------------------------------------
+# printing
+
+
 #: checks printed per round; the rest are summed up in one line (--json and --trace hold them all)
 SHOWN_CHECKS = 10  # by default the no-user search verifies at most 10 a round: all shown
 
 
-def _print_round(r: dict) -> None:
+def above_one_note(cfg: THIConfig, with_user: bool = False) -> str:
+    """Why a fused score can exceed 1 (docs/design.md, "Adaptive, without a user")."""
+    if cfg.policy == "adaptive" and not with_user:
+        return (f"a fused score is not a cosine similarity: the anchor's new similarity is set to 1, so it scores "
+                f"{cfg.lam_adaptive:g} x its original similarity + {1 - cfg.lam_adaptive:g} x 1, plus "
+                f"{cfg.anchor_image_weight:g} x its image similarity to itself (1) and up to {cfg.verify_weight:g} "
+                "for a confident \"yes\" (docs/design.md, \"Adaptive, without a user\")")
+    return ("a fused score is not a cosine similarity: the anchor's new similarity is set to 1, and verified or "
+            "agreeing candidates gain bonuses (docs/design.md, \"The THI graph\")")
+
+
+def _print_round(r: dict, above_one: str | None = None, rank: int | None = None,
+                 rank_before: int | None = None, known: bool = False) -> bool:
+    """Print one round. ``above_one``: the note to print when a top-k score exceeds 1; ``known``:
+    print the true person's ``rank``. Returns whether the note was printed."""
     print(f"\n-- round {r['round']} --")
     # with a user many candidates are checked per round: show the best-ranked few
     by_rank = sorted(r["inspected"], key=lambda i: i["rank"])
@@ -106,6 +264,12 @@ def _print_round(r: dict) -> None:
     for note in r["notes"]:
         print(f"  note: {note}")
     print("  top-k: " + ", ".join(f"{c['id']} ({c['score']:.3f})" for c in r["topk"]))
+    if known:
+        print(_rank_line(rank, rank_before))
+    if above_one and any(c["score"] > 1 for c in r["topk"]):
+        print(f"  why a score is above 1: {above_one}")
+        return True
+    return False
 
 
 def _ask_terminal(payload: dict) -> dict:
@@ -125,11 +289,31 @@ def _ask_terminal(payload: dict) -> dict:
     return {"answers": answers, "finish": False}
 
 
+def run_settings(cfg: THIConfig, index: GalleryIndex, mllm, args: argparse.Namespace) -> dict[str, str]:
+    """The run's settings as the report shows them (label -> value)."""
+    out = {"policy": cfg.policy, "retrieval model": index.embedder.name,
+           "MLLM backend": mllm.name + (" (oracle: simulation only)" if mllm.is_oracle else ""),
+           "user": "you, at the terminal" if args.interactive else "none (the MLLM answers about the anchor)",
+           "k": str(cfg.k), "round limit": str(cfg.rounds)}
+    if cfg.policy == "paper":
+        out["xi (gate on the top-1 similarity)"] = f"{cfg.xi:g}"
+        out["lambda (weight of the original similarity)"] = f"{cfg.lam:g}"
+    else:
+        lam = cfg.lam_user if args.interactive else cfg.lam_adaptive
+        out["lambda (weight of the original similarity)"] = f"{lam:g}"
+        out["anchor depth"] = str(cfg.anchor_depth)
+    out["gallery"] = f"{gallery_folder(context_from_args(args))} (split {args.split})"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.seed is not None and not args.demo:
+        parser.error("--seed chooses the --demo caption; give it with --demo")
     logging.basicConfig(level=logging.ERROR if args.quiet or args.json else logging.WARNING,
                         format="%(levelname)s: %(message)s")
-    if not args.query.strip():
+    if args.query is not None and not args.query.strip():
         print("error: the query is empty", file=sys.stderr)
         return 2
     try:
@@ -142,17 +326,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.mllm == "transformers" and not args.mllm_path:
             raise ValueError("--mllm transformers needs --mllm-path FOLDER")
-        demo = args.gallery is None
-        index = open_index(ctx, index_if_missing=demo or args.index, progress=progress)
+        index = open_cli_index(args, progress)
         mllm = backend_for(ctx)
     except GalleryError as e:
-        hint = "" if "index it with" in str(e) else ""
-        print(f"error: {e}{hint}" + ("" if args.gallery is None else
-                                      f"; or pass --index to index {args.gallery} now"), file=sys.stderr)
+        print(f"error: {e}{_gallery_hint(args, e)}", file=sys.stderr)
         return 1
-    except (EmbedderError, MLLMError, ValueError, FileNotFoundError, OSError) as e:
+    except (DatasetError, EmbedderError, MLLMError, ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
+    case = None
+    if args.demo:
+        folder = gallery_folder(ctx)
+        try:
+            case = pick_demo_case(index, folder, args.split, DEMO_SEED if args.seed is None else args.seed, cfg.k,
+                                  args.skip_missing)
+        except DatasetError as e:
+            print(f"error: --demo needs an annotated dataset folder (person ids): {str(e).splitlines()[0]}",
+                  file=sys.stderr)
+            return 1
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        ctx = replace(ctx, target_pid=case.pid)
+    query = case.caption if case else args.query
+    ctx = replace(ctx, resources=register("graphs.thi.cli", index=index))  # the index built from the model flags
 
     checkpointer = None
     if args.interactive or args.checkpoint:
@@ -171,37 +368,62 @@ def main(argv: list[str] | None = None) -> int:
     if checkpointer is not None:
         run_config["configurable"] = {"thread_id": args.thread_id or uuid.uuid4().hex}
     try:
-        result = graph.invoke({"query": args.query}, config=run_config, context=ctx)
+        result = graph.invoke({"query": query}, config=run_config, context=ctx)
         while "__interrupt__" in result:
             reply = _ask_terminal(result["__interrupt__"][0].value)
             result = graph.invoke(Command(resume=reply), config=run_config, context=ctx)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        unregister("graphs.thi.cli")
+    ranks = None
+    if case is not None:
+        ranks = round_ranks(person_rank(index.scores(query), gallery_pids(index), case.pid), result["rounds"])
+    above_one = above_one_note(cfg, with_user=args.interactive)
     if args.trace:
         write_trace(args.trace, [result])
     if args.report:
-        write_report(args.report, result, lambda i: index.image(i).path, cfg.k, title=f"THI: {args.query}")
+        write_report(args.report, result, lambda i: index.image(i).path, cfg.k,
+                     title="THI demo" if case else "THI", settings=run_settings(cfg, index, mllm, args),
+                     target_ranks=ranks, above_one=above_one,
+                     target=(lambda i: index.pid(i) == case.pid) if case else None)
     out = {
         "query": result["query"], "final_query": result["current_query"], "policy": cfg.policy, "mllm": mllm.name,
+        "model": index.embedder.name,
         "rounds": result["rounds"], "ranking": result["ranking"][: cfg.k], "stopped_because": result["stopped_because"],
         "mllm_calls": mllm.stats.total_calls, "truncated": result.get("truncated", ""),
         "thread_id": run_config.get("configurable", {}).get("thread_id"),
     }
+    if case is not None:
+        out["demo"] = asdict(case)
+        out["target_ranks"] = ranks
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2))
     if args.json:
         print(json.dumps(out))
         return 0
+    if case is not None:
+        _print_demo_header(case, gallery_folder(ctx), args.split, cfg.k)
     print(f"query: {result['query']}")
     if result.get("truncated"):
         print(f"note: the text encoder does not see the end of the query: {result['truncated']!r}")
     print("round 0 (retrieval): " + ", ".join(f"{c['id']} ({c['score']:.3f})" for c in result["original_ranking"][: cfg.k]))
-    for r in result["rounds"]:
-        _print_round(r)
+    if ranks is not None:
+        print(_rank_line(ranks[0]))
+    for n, r in enumerate(result["rounds"], 1):
+        if _print_round(r, above_one, ranks[n] if ranks else None, ranks[n - 1] if ranks else None, ranks is not None):
+            above_one = None  # explained once
     print(f"\nstopped: {result['stopped_because']}")
     print(f"final query: {result['current_query']}")
     print(f"final ranking ({mllm.stats.total_calls} MLLM calls, backend {mllm.name}"
           + (", ORACLE: simulation only" if mllm.is_oracle else "") + "):")
     for n, c in enumerate(result["ranking"][: cfg.k], 1):
         meta = index.metadatas[index.position[c["id"]]]
-        print(f"  {n:2d}. {c['score']:.4f}  {c['id']}  {meta.get('path', '')}")
+        mark = "  <- the true person" if case is not None and meta.get("pid") == case.pid else ""
+        print(f"  {n:2d}. {c['score']:.4f}  {c['id']}  {meta.get('path', '')}{mark}")
+    if ranks is not None:
+        print(f"true person: rank {ranks[0]} by retrieval alone, rank {ranks[-1]} after THI "
+              f"({len(result['rounds'])} round(s)); known only because the gallery is annotated")
     return 0
