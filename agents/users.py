@@ -116,7 +116,8 @@ def question_payload(round_no: int, query: str, slots: Sequence[str], top: Seque
 
 def read_human_answers(slots: Sequence[str], reply: Any) -> tuple[list[Answer], bool]:
     """The answers in a resume value (see :func:`read_resume`, which raises :class:`ResumeError`
-    for a bad one), each read by the MLLM answers' parser; returns (answers, finish)."""
+    for a bad one), each read by the MLLM answers' parser; returns (answers, finish). An answer the
+    parser cannot map onto the slot's vocabulary keeps its text with value None (no fact)."""
     resume = read_resume(slots, reply)
     out = []
     for s in slots:
@@ -124,6 +125,5 @@ def read_human_answers(slots: Sequence[str], reply: Any) -> tuple[list[Answer], 
         if not text or text.lower() == SKIP:
             continue
         value = answer_value(s, text)
-        if value is not None:
-            out.append(Answer(s, value, 1.0, text))
+        out.append(Answer(s, value, 1.0 if value is not None else 0.0, text))
     return out, resume.finish

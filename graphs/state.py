@@ -109,6 +109,7 @@ class THIState(TypedDict, total=False):
     stopped_because: str | None
     usage: Usage
     messages: Annotated[list[AnyMessage], add_messages]  # one summary per round, for chat UIs
+    context: dict  # the run context the dialogue started with (graphs.config.THIContext's fields)
 
 
 def apply_update(state: dict, update: dict, schema: type = None) -> dict:  # type: ignore[assignment]

@@ -34,6 +34,7 @@ import logging
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
+from dataclasses import fields, is_dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -300,7 +301,14 @@ def retrieve(state: THIState, runtime: Runtime[THIContext]) -> dict:
             "ranking": ranking, "top1_similarity": ranking[0]["score"], "verified": None, "checked": None,
             "anchor": None, "facts": None, "stated": parse(query).constraints, "asked": None, "rounds": None,
             "truncated": truncated, "finished_by_user": False, "pending": None, "stopped_because": None,
-            "usage": usage, "messages": [HumanMessage(content=query)]}
+            "usage": usage, "messages": [HumanMessage(content=query)], "context": _context_values(runtime.context)}
+
+
+def _context_values(ctx: Any) -> dict:
+    """The run context as plain values (kept in the state, so a dialogue resumes with its settings)."""
+    if isinstance(ctx, Mapping):
+        return dict(ctx)
+    return {f.name: getattr(ctx, f.name) for f in fields(ctx)} if is_dataclass(ctx) else {}
 
 
 def inspect(state: THIState, runtime: Runtime[THIContext]) -> dict:
