@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import uuid
 from dataclasses import fields, replace
 from pathlib import Path
@@ -133,11 +134,19 @@ def _say(text: str = "") -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+_prompting = threading.Event()  # a prompt waits on its line (Ctrl-C then starts a new one)
+
+
 def _read(prompt: str) -> str | None:
-    """One line typed by the person (None at end of input); the prompt goes to stderr."""
+    """One line typed by the person (None at end of input); the prompt goes to stderr (and, when
+    the input is not a terminal, the answer read after it, so the log reads as a dialogue)."""
     sys.stderr.write(prompt)
     sys.stderr.flush()
+    _prompting.set()
     line = sys.stdin.readline()
+    _prompting.clear()
+    if not sys.stdin.isatty():
+        sys.stderr.write(line if line.endswith("\n") else line + "\n")
     return None if line == "" else line.strip()
 
 
@@ -217,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         return e.status
     except KeyboardInterrupt:
         where = state.get("where")
-        print("interrupted" + (f" (continue with --resume {where})" if where else ""), file=sys.stderr, flush=True)
+        print(("\n" if _prompting.is_set() else "") + "interrupted"
+              + (f" (continue with --resume {where})" if where else ""), file=sys.stderr, flush=True)
+        _prompting.clear()
         return 130
 
 

@@ -128,6 +128,11 @@ def _target_rank(scores: np.ndarray, live: Live) -> int | None:
 # the round's bookkeeping
 
 
+def _wall_clock() -> float:
+    """Seconds since the epoch: a person's wait spans processes, so it is measured by the wall clock."""
+    return time.time()
+
+
 _NO_COST = {"mllm_calls": 0, "mllm_failures": 0, "failures_by_kind": {}, "mllm_ms": 0.0, "ms": 0.0, "wait_ms": 0.0}
 _NO_USAGE: Usage = {"mllm_calls": 0, "mllm_failures": 0, "mllm_ms": 0.0, "ms": 0.0, "wait_ms": 0.0}
 
@@ -238,7 +243,7 @@ class _Step:
         usage.update(mllm_calls=usage["mllm_calls"] + m["calls"], mllm_failures=usage["mllm_failures"] + m["failures"],
                      mllm_ms=round(usage["mllm_ms"] + m["ms"], 2), ms=round(usage["ms"] + ms, 2),
                      wait_ms=round(usage["wait_ms"] + wait_ms, 2))
-        return {**pending, "cost": cost, "t_wall": time.time()}, usage  # type: ignore[return-value]
+        return {**pending, "cost": cost, "t_wall": _wall_clock()}, usage  # type: ignore[return-value]
 
 
 def _changed(old: Mapping | None, new: Mapping) -> dict:
@@ -345,8 +350,8 @@ def ask(state: THIState, runtime: Runtime[THIContext]) -> dict:
                            "questions": [{"slot": s, "question": SLOTS[s].question} for s in slots]})
             answers, finished, source = policy.answerer.answer(state, slots, live, pending)
             if human:  # the time from the questions to the answers, less this run of the node
-                wait_ms = max(0.0, (time.time() - state["pending"].get("t_wall", time.time())) * 1000
-                              - step.elapsed_ms())
+                now = _wall_clock()
+                wait_ms = max(0.0, (now - state["pending"].get("t_wall", now)) * 1000 - step.elapsed_ms())
         by_slot = {a.slot: a for a in answers}
         qa: list[QA] = []
         for s in slots:
