@@ -20,8 +20,7 @@ from agents.users import HumanUser, ResumeError, SimulatedUser, read_human_answe
 from graphs.config import THIConfig, THIContext
 from graphs.server import backend_for, live_context, oracle_annotations, resolve
 from graphs.service import THIService
-from graphs.thi import DEADLINE_SPENT, NO_ANCHOR, build_graph, recursion_limit, run
-from graphs.thi import graph as graph_module
+from graphs.thi import DEADLINE_SPENT, NO_ANCHOR, build_graph, recursion_limit, run, served_graph
 from graphs.thi.cli import main as thi_main
 from tools.attributes import SLOTS
 from tools.mllm import make_mllm, metering
@@ -307,7 +306,7 @@ def _size(x) -> int:
 def test_a_five_round_stream_sends_deltas_and_custom_events(setup):  # noqa: F811
     cfg = THIConfig(policy="adaptive", anchor_search="batch", verify_per_round=1, rounds=5)
     ctx = live_context(setup["index"], ScriptedMLLM([False] * 30), cfg)
-    served = build_graph(InMemorySaver(), served=True)
+    served = served_graph(InMemorySaver())
     conf = {"configurable": {"thread_id": "s"}, "recursion_limit": recursion_limit(cfg)}
     sent, events, final = 0, [], None
     for mode, data in served.stream({"query": QUERY}, conf, context=ctx, stream_mode=["updates", "custom", "values"]):

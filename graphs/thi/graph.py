@@ -491,21 +491,32 @@ def _after_converge(state: THIState) -> str:
     return END if state.get("stopped_because") else "inspect"
 
 
-def build_graph(checkpointer: Any = None, *, served: bool = False):
+def build_graph(checkpointer: Any = None):
     """The compiled THI graph, named "thi" (pass a checkpointer for interactive mode or resumable
     dialogues). Its runtime context is a :class:`graphs.config.THIContext` (or the same fields as a
-    JSON object); its input is ``{"query": ...}`` (:class:`graphs.state.THIInput`).
+    JSON object); its input is ``{"query": ...}`` (:class:`graphs.state.THIInput`); its output is
+    the whole state.
 
-    ``served``: the output, the streams and the thread state a client reads are the values of
-    :class:`graphs.state.THIOutput` (the final query, rankings, anchor, facts, rounds, stop
-    reason, cost, messages) rather than the whole state (the scratch of the round in progress,
-    every verdict). A LangGraph server may call this
-    function as a graph factory: it passes its run config as the first argument, which gives the
-    served graph without a checkpointer (the server brings its own)."""
+    A LangGraph server may call this function as a graph factory (``"graphs.thi.graph:build_graph"``
+    in ``langgraph.json``): it passes its run config as the argument, which gives
+    :func:`served_graph` (the server brings its own checkpointer)."""
     if isinstance(checkpointer, Mapping):  # the LangGraph server's config: called as a graph factory
-        checkpointer, served = None, True
-    g = StateGraph(THIState, context_schema=THIContext, input_schema=THIInput,
-                   output_schema=THIOutput if served else THIState)
+        return served_graph()
+    return _compile(checkpointer, THIState)
+
+
+def served_graph(checkpointer: Any = None):
+    """The THI graph as a server serves it: the output, the streams and the thread state a client
+    reads are the values of :class:`graphs.state.THIOutput` (the final query, rankings, anchor,
+    facts, rounds, stop reason, cost, messages), not the scratch of the round in progress or
+    every verdict (the checkpoint keeps everything, for resuming)."""
+    compiled = _compile(checkpointer, THIOutput)
+    compiled.stream_channels = list(compiled.output_channels)
+    return compiled
+
+
+def _compile(checkpointer: Any, output: type):
+    g = StateGraph(THIState, context_schema=THIContext, input_schema=THIInput, output_schema=output)
     g.add_node("retrieve", retrieve)
     g.add_node("inspect", inspect)
     g.add_node("ask", ask)
@@ -519,12 +530,7 @@ def build_graph(checkpointer: Any = None, *, served: bool = False):
     g.add_edge("rewrite", "re_retrieve")
     g.add_edge("re_retrieve", "converge")
     g.add_conditional_edges("converge", _after_converge, ["inspect", END])
-    compiled = g.compile(checkpointer=checkpointer, name="thi")
-    if served:
-        # A client sees the public values only: the "updates" and "values" streams and the thread's
-        # state carry the output keys (the checkpoint keeps everything, for resuming).
-        compiled.stream_channels = list(compiled.output_channels)
-    return compiled
+    return g.compile(checkpointer=checkpointer, name="thi")
 
 
 def recursion_limit(cfg: THIConfig) -> int:
