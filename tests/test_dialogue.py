@@ -500,3 +500,17 @@ def test_an_unavailable_mllm_prints_the_kept_ranking_and_exits_1(setup, chat_ser
     assert "final ranking" in out and "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: MLLM unavailable (timeout)") and len([x for x in err.splitlines() if "error:" in x]) == 1
+
+
+@pytest.mark.parametrize("cli", ["eval.thi", "graphs.rda"])
+def test_the_benchmark_and_rda_take_the_protocol_and_preflight_the_server(cli, setup, tmp_path, monkeypatch, capsys):  # noqa: F811
+    import importlib
+
+    main = importlib.import_module(cli).main
+    rest = ["--out", str(tmp_path / "rda.json")] if cli == "graphs.rda" else ["--model", setup["model"]]
+    assert main([str(setup["world"]), "--mllm", "offline", "--mllm-protocol", "icl", *rest]) == 1
+    assert "has no prompts" in capsys.readouterr().err
+    monkeypatch.setenv("THI_MLLM_BASE_URL", _free_url())
+    assert main([str(setup["world"]), "--mllm", "openai", "--mllm-protocol", "icl", *rest]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot reach http://127.0.0.1")
