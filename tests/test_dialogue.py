@@ -514,3 +514,29 @@ def test_the_benchmark_and_rda_take_the_protocol_and_preflight_the_server(cli, s
     assert main([str(setup["world"]), "--mllm", "openai", "--mllm-protocol", "icl", *rest]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot reach http://127.0.0.1")
+
+
+@pytest.mark.slow  # a process loading torch and the models: about 20 s here
+def test_ctrl_c_in_a_real_process_blocked_on_the_mllm_exits_130_at_once(setup, chat_server):  # noqa: F811
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    server = chat_server("silent")  # the dialogue blocks in its first MLLM call
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "graphs.thi", "--query", QUERY, "--mllm", "openai", "--mllm-url",
+                             server.url, "--quiet"] + _base(setup), cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        deadline = time.monotonic() + 120
+        while not server.requests and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.requests, proc.stderr.read() if proc.poll() is not None else "no MLLM request within 120 s"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)  # the blocked node thread is not waited for
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and out == "" and err == "interrupted\n"
