@@ -121,7 +121,9 @@ def _print_round(r: dict) -> None:
         print(f"  ... {len(rest)} more checked, {sum(bool(i['match']) for i in rest)} of them fit (see --json or --trace)")
     print(f"  anchor: {r['anchor'] or '-'}")
     for a in r["answers"]:
-        print(f"  Q: {a['question']}  A: {a['value'] if a['value'] is not None else 'cannot tell'}  [{a['source']}]")
+        value = a["value"] if a["value"] is not None else "cannot tell"
+        said = f" (said: {printable(a['text'], max_len=120)!r})" if a.get("text") and a["text"] != a["value"] else ""
+        print(f"  Q: {a['question']}  A: {value}{said}  [{a['source']}]")
     if r["rewritten_query"]:
         print(f"  rewritten query: {r['rewritten_query']}")
     for note in r["notes"]:
