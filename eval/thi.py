@@ -102,7 +102,7 @@ def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder:
                       format: str = "auto", user: str = "none", user_mllm: MLLM | None = None,
                       limit: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
                       url: str | None = None, trace: str | Path | None = None, progress: bool = True,
-                      skip_missing: bool = False) -> dict:
+                      skip_missing: bool = False, dialogue_timeout: float | None = None) -> dict:
     ds = read_dataset(root, format, skip_missing=skip_missing, splits=[split])
     records = ds.split(split)
     if not records:
@@ -129,7 +129,8 @@ def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder:
     states = []
     # the benchmark's own objects (a fresh backend per run, maybe a noisy one) serve its contexts
     resources = register(index=index, mllm=mllm, user_mllm=user_mllm)
-    run_ctx = THIContext.from_config(config, resources=resources, user="simulated" if user == "simulated" else "none")
+    run_ctx = THIContext.from_config(config, resources=resources, user="simulated" if user == "simulated" else "none",
+                                     mllm_dialogue_timeout=dialogue_timeout)
     try:
         for n, q in enumerate(tqdm(order, desc=f"THI {config.policy}", unit="query", disable=not progress,
                                    mininterval=2)):
@@ -217,8 +218,9 @@ def plot_rounds(reports: list[dict], out: str | Path) -> None:
     plt.close(fig)
 
 
-def _mllm(kind: str, root: Path, device: str | None, flip: float = 0.0) -> MLLM:
-    m = make_backend(kind, root, **({"device": device} if kind == "offline" else {}))
+def _mllm(kind: str, root: Path, device: str | None, flip: float = 0.0, protocol: str | None = None) -> MLLM:
+    m = make_backend(kind, root, protocol=protocol, **({"device": device} if kind == "offline" else {}))
+    m.preflight()  # a server that cannot answer fails here, in one line, before the benchmark's work
     return NoisyVerifier(m, flip) if flip > 0 else m
 
 
@@ -245,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user", choices=("none", "simulated"), default="none",
                    help="none: THI knows only the caption; simulated: the MLLM answers about the true target photo")
     p.add_argument("--user-mllm", choices=BACKENDS, help="backend of the simulated user (default: --mllm)")
+    p.add_argument("--mllm-protocol", metavar="ours|icl|FILE.json",
+                   help="chat backends: how the MLLM is talked to (default: ours)")
+    p.add_argument("--mllm-dialogue-timeout", type=float, metavar="S",
+                   help="seconds of work each dialogue may spend in all; then it stops with the ranking it has")
     p.add_argument("--rounds", type=positive_int, default=d.rounds, help="round limit (default %(default)s)")
     p.add_argument("-k", type=positive_int, default=d.k, help="top-k used for convergence (default %(default)s)")
     p.add_argument("--xi", type=cosine, default=d.xi, help="paper gate, within [-1, 1] (default %(default)s, the paper's)")
@@ -281,17 +287,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: bad --config: {e}", file=sys.stderr)
         return 2
     try:
+        root = Path(args.dir)
+        # the MLLMs first: a server that cannot answer fails in seconds, before the model loads
+        backends = [(_mllm(args.mllm, root, args.device, args.flip, args.mllm_protocol),
+                     _mllm(args.user_mllm, root, args.device) if args.user_mllm else None) for _ in cfgs]
         embedder = embedder_from_args(args)
         if not args.quiet:
             print(embedder.describe(), file=sys.stderr)
-        root = Path(args.dir)
         reports = []
-        for cfg in cfgs:
-            mllm = _mllm(args.mllm, root, args.device, args.flip)
-            user_mllm = _mllm(args.user_mllm, root, args.device) if args.user_mllm else None
+        for cfg, (mllm, user_mllm) in zip(cfgs, backends):
             reports.append(run_thi_benchmark(root, cfg, mllm, embedder, args.split, args.format, args.user, user_mllm,
                                              args.limit, args.seed, args.data_dir, args.url, args.trace,
-                                             not (args.quiet or args.json), args.skip_missing))
+                                             not (args.quiet or args.json), args.skip_missing,
+                                             args.mllm_dialogue_timeout))
     except (DatasetError, EmbedderError, GalleryError, MLLMError, ValueError, FileNotFoundError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1

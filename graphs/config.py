@@ -136,6 +136,14 @@ class THIContext:
     mllm_path: Annotated[str | None, Field(
         description="transformers: folder of a local image-text-to-text model")] = None
     mllm_timeout: Annotated[float, Field(description="openai: seconds per request")] = 60.0
+    mllm_protocol: Annotated[str | None, Field(
+        description="chat backends (openai, transformers): how the MLLM is talked to: ours, icl (ICL's "
+                    "protocol: open questions, the MLLM's merge used as the new query), or a protocol JSON "
+                    "file (None: ours)")] = None
+    mllm_dialogue_timeout: Annotated[float | None, Field(
+        description="seconds of work (not of waiting for a person) one dialogue may spend in all; once spent, "
+                    "every MLLM call fails at once and the dialogue stops with the ranking it has "
+                    "(None: no limit)")] = None
     user_mllm: Annotated[str | None, Field(
         description="backend of the simulated user (None: the mllm backend)")] = None
     # THI
@@ -162,6 +170,10 @@ class THIContext:
     def __post_init__(self) -> None:
         if self.user not in ("none", "human", "simulated"):
             raise ValueError(f"user must be 'none', 'human' or 'simulated', not {self.user!r}")
+        if self.mllm_dialogue_timeout is not None and not (
+                isinstance(self.mllm_dialogue_timeout, (int, float)) and 0 < self.mllm_dialogue_timeout < float("inf")):
+            raise ValueError(f"mllm_dialogue_timeout must be a positive number of seconds, not "
+                             f"{self.mllm_dialogue_timeout!r}")
         if not isinstance(self.config, dict):
             raise ValueError("config must be an object of THIConfig settings")
         clash = [k for k in _OWN_FIELDS if k in self.config]

@@ -375,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mllm", default="offline", help="offline (default), openai, transformers, oracle (simulation)")
     p.add_argument("--mllm-url", help="openai: base URL")
     p.add_argument("--mllm-model", help="openai: model name")
+    p.add_argument("--mllm-protocol", metavar="ours|icl|FILE.json",
+                   help="chat backends: how the MLLM is talked to (default: ours)")
     p.add_argument("--paraphraser", choices=("rules", "llm"), default="rules",
                    help="rules (default) or llm (the --mllm chat backend paraphrases)")
     p.add_argument("--m", type=positive_int, default=5, help="paraphrases per sub-sentence (default %(default)s)")
@@ -402,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
             opts["annotations"] = oracle_annotations(args.dir)
         if args.mllm == "openai":
             opts.update({k: v for k, v in (("base_url", args.mllm_url), ("model", args.mllm_model)) if v})
-        mllm = make_mllm(args.mllm, **opts)
+        mllm = make_mllm(args.mllm, protocol=args.mllm_protocol, **opts)
+        mllm.preflight()  # a server that cannot answer fails here, in one line, before any work
         paraphraser = rule_paraphrases
         if args.paraphraser == "llm":
             from tools.paraphraser import LLMParaphraser

@@ -184,11 +184,14 @@ def open_index(ctx: THIContext, index_if_missing: bool | None = None, progress: 
 
 
 def backend_for(ctx: THIContext, kind: str | None = None) -> MLLM:
-    """The MLLM backend ``kind`` (default: the context's ``mllm``) with the context's options,
-    built once per backend and options. Raises ``ValueError`` for a backend missing an option."""
+    """The MLLM backend ``kind`` (default: the context's ``mllm``) with the context's options (a
+    chat backend's protocol is ``mllm_protocol``), built once per backend and options. Raises
+    ``ValueError`` for a backend missing an option, a protocol given to a backend without prompts,
+    and ``tools.mllm.protocols.ProtocolError`` (a ValueError) for a bad protocol."""
+    main = kind is None or kind == ctx.mllm
     kind = kind or ctx.mllm
     if kind == "openai":
-        options: dict[str, Any] = {"timeout": ctx.mllm_timeout}
+        options: dict[str, Any] = {"timeout": ctx.mllm_timeout, "protocol": ctx.mllm_protocol}
         if ctx.mllm_url:
             options["base_url"] = ctx.mllm_url
         if ctx.mllm_model:
@@ -196,11 +199,14 @@ def backend_for(ctx: THIContext, kind: str | None = None) -> MLLM:
     elif kind == "transformers":
         if not ctx.mllm_path:
             raise ValueError("the transformers backend needs mllm_path (a model folder)")
-        options = {"path": ctx.mllm_path, "device": ctx.device}
+        options = {"path": ctx.mllm_path, "device": ctx.device, "protocol": ctx.mllm_protocol}
     elif kind == "oracle":
         options = {}
     else:
         options = {"device": ctx.device}
+    if main and kind not in ("openai", "transformers") and ctx.mllm_protocol not in (None, "ours"):
+        raise ValueError(f"the {kind} MLLM has no prompts: mllm_protocol ({ctx.mllm_protocol}) applies only to the "
+                         "chat backends (openai, transformers)")
     folder = gallery_folder(ctx) if kind == "oracle" else None
     key = (kind, tuple(sorted(options.items())), str(folder) if folder else None)
     return _backends.get(key, lambda: make_backend(kind, folder, **options))

@@ -90,7 +90,7 @@ def test_a_bad_value_is_refused_with_one_line(main, argv, flag, capsys):
 
 def test_demo_and_query_exclude_each_other_and_seed_needs_the_demo(capsys):
     for argv, words in [(["--demo", "--query", "a man"], "not allowed with"),
-                        ([], "one of the arguments --query --demo is required"),
+                        ([], "give --query TEXT or --demo"),
                         (["--query", "a man", "--seed", "3"], "--seed chooses the --demo caption")]:
         with pytest.raises(SystemExit) as exit_:
             thi_main(argv)

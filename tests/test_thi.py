@@ -444,7 +444,7 @@ def test_interactive_dialogue_resumes_from_sqlite_in_a_new_graph(setup, tmp_path
     # another process / UI picks the dialogue up from the file
     graph2, _ = _interactive(setup, SqliteSaver(sqlite3.connect(db, check_same_thread=False)))
     assert graph2.get_state(cfg).next == ("ask",)
-    out = graph2.invoke(Command(resume="skip"), cfg, context=ctx)
+    out = graph2.invoke(Command(resume={"answers": {}, "finish": False}), cfg, context=ctx)
     while "__interrupt__" in out:
         out = graph2.invoke(Command(resume={"answers": {}, "finish": False}), cfg, context=ctx)
     assert out["stopped_because"]

@@ -14,6 +14,7 @@ from agents.questioner import paper_questions
 from agents.users import HumanUser, SimulatedUser
 from graphs.config import THIConfig
 from graphs.server import live_context, resolve
+from graphs.state import apply_update
 from graphs.thi import GATE_CLOSED, NO_ANCHOR, REFINED_ONCE, USER_FINISHED, final_scores, policy_for, run
 from graphs.thi.adaptive import AdaptivePolicy
 from graphs.thi.graph import open_round, retrieve
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _start(ctx, query=QUERY):
     """The state after ``retrieve`` and the record of round 1, as the graph makes them."""
     live = resolve(ctx)
-    state = {"query": query, **retrieve({"query": query}, Runtime(context=ctx))}
+    state = apply_update({"query": query}, retrieve({"query": query}, Runtime(context=ctx)))
     return live, state, open_round(state, live)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.mllm.base import ImageRef
+from tools.tracing import child_run
 
 from .embedder import Embedder
 from .gallery import Gallery
@@ -48,7 +49,9 @@ class GalleryIndex:
         """The text's embedding (float32 [D]), from the cache when it was encoded before."""
         hit = self._text_cache.get(text)
         if hit is None:
-            hit = self.embedder.encode_texts([text], progress=False)[0]
+            with child_run("embedder.encode_texts", {"texts": [text]}, tags=("embedder",),
+                           metadata={"retrieval_model": self.embedder.name}):
+                hit = self.embedder.encode_texts([text], progress=False)[0]
             self._text_cache[text] = hit
             if len(self._text_cache) > self._cache_size:
                 self._text_cache.popitem(last=False)
@@ -58,7 +61,12 @@ class GalleryIndex:
 
     def scores(self, text: str) -> np.ndarray:
         """Cosine similarity of every gallery image to ``text``: float32 [N], in ``ids`` order."""
-        return self.embeddings @ self.encode(text)
+        with child_run("gallery.scores", {"text": text}, tags=("gallery",),
+                       metadata={"gallery": self.gallery.name, "images": len(self.ids)}) as run:
+            scores = self.embeddings @ self.encode(text)
+            if run is not None:
+                run.outputs = {"images": int(scores.shape[0]), "best": float(scores.max()) if scores.size else None}
+        return scores
 
     def image(self, image_id: str) -> ImageRef:
         """The image's id and file path (``KeyError`` for an id not in the gallery)."""

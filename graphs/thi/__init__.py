@@ -22,12 +22,16 @@ serves.
 >>> result["ranking"][:3], result["stopped_because"]                     # doctest: +SKIP
 """
 
-from .graph import build_graph, final_scores, policy_for, recursion_limit, run
+from .graph import (DEADLINE_SPENT, build_graph, final_scores, policy_for, recursion_limit, round_summary, run,
+                    served_graph)
 from .policy import (CONVERGED, GATE_CLOSED, NO_ANCHOR, NOTHING_NEW, REFINED_ONCE, ROUND_LIMIT, USER_FINISHED,
                      Policy)
 
-#: The compiled THI graph (no checkpointer), named "thi".
-graph = build_graph()
+#: The compiled THI graph as a LangGraph server serves it (``langgraph.json``): named "thi", no
+#: checkpointer (the server brings its own), input ``{"query"}``, output and streams the public
+#: values (:class:`graphs.state.THIOutput`), context :class:`graphs.config.THIContext`.
+graph = served_graph()
 
-__all__ = ["CONVERGED", "GATE_CLOSED", "NO_ANCHOR", "NOTHING_NEW", "REFINED_ONCE", "ROUND_LIMIT", "USER_FINISHED",
-           "Policy", "build_graph", "final_scores", "graph", "policy_for", "recursion_limit", "run"]
+__all__ = ["CONVERGED", "DEADLINE_SPENT", "GATE_CLOSED", "NO_ANCHOR", "NOTHING_NEW", "REFINED_ONCE", "ROUND_LIMIT", "USER_FINISHED",
+           "Policy", "build_graph", "final_scores", "graph", "policy_for", "recursion_limit", "round_summary", "run",
+           "served_graph"]

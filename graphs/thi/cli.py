@@ -8,6 +8,13 @@ its gallery index is registered for the run (``graphs.server.register``).
 ``--demo`` picks a caption of an annotated gallery (default: the demo gallery's test split) whose
 true person plain retrieval ranks 2nd to k-th (:func:`pick_demo_case`), runs THI on it and prints
 the true person's rank after every round.
+
+Dialogues kept in a checkpoint (``--checkpoint F --thread-id T``): a new ``--query`` on a thread
+starts a fresh dialogue there (the last one's values are replaced); ``--resume`` continues the
+thread's dialogue where it stopped (a dialogue killed mid-way goes on from its last finished step,
+an interactive one asks the questions it was waiting on, with the answers given before kept),
+with the settings it was started with (flags given with ``--resume`` override them;
+``--image-size`` and ``--random-weights`` are not kept with the dialogue: give them again).
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +37,7 @@ from tools.embedder import EmbedderError, add_model_arguments, embedder_from_arg
 from tools.gallery import GalleryError
 from tools.index import GalleryIndex
 from tools.mllm import BACKENDS, MLLMError
+from tools.text import printable
 
 from ..config import THIConfig, THIContext, fusion_weight_field
 from ..demo import open_gallery
@@ -37,6 +46,9 @@ from ..server import backend_for, gallery_folder, register, unregister
 from .graph import build_graph, recursion_limit
 
 log = logging.getLogger(__name__)
+
+#: the name the CLI registers its gallery index under (``graphs.server.register``)
+CLI_RESOURCES = "graphs.thi.cli"
 
 
 #: ``--demo``'s default seed. It was chosen because its caption's dialogue shows THI moving the
@@ -57,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "~/.cache/thi-reid) and the offline MLLM.",
         epilog='examples: "python -m graphs.thi --demo"; '
                '"python -m graphs.thi --query \'a woman in a red coat with a black backpack\'"')
-    what = p.add_mutually_exclusive_group(required=True)
+    what = p.add_mutually_exclusive_group()
     what.add_argument("--query", help="the description of the person")
     what.add_argument("--demo", action="store_true",
                       help="THI at work on a caption of the annotated gallery (default: the demo gallery's test "
@@ -83,13 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adaptive: how deep down the ranking the anchor search may verify (default %(default)s)")
     g.add_argument("--interactive", action="store_true", help="answer the questions yourself at the terminal")
     g.add_argument("--checkpoint", metavar="FILE.sqlite", help="keep the dialogue in this SQLite checkpoint (resumable)")
-    g.add_argument("--thread-id", help="dialogue id in the checkpoint (default: a new one)")
+    g.add_argument("--thread-id", help="dialogue id in the checkpoint (default: a new one); a new --query on a "
+                   "thread starts a fresh dialogue there")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the dialogue of --thread-id in --checkpoint where it stopped (killed, or waiting "
+                        "for answers), with the settings it was started with")
     m = p.add_argument_group("MLLM")
     m.add_argument("--mllm", choices=BACKENDS, default="offline", help="backend (default %(default)s)")
     m.add_argument("--mllm-url", help="openai: base URL of an OpenAI-compatible server (or $THI_MLLM_BASE_URL)")
     m.add_argument("--mllm-model", help="openai: model name (or $THI_MLLM_MODEL)")
     m.add_argument("--mllm-path", help="transformers: folder of a local image-text-to-text model")
     m.add_argument("--mllm-timeout", type=float, default=60.0, help="openai: seconds per request (default %(default)s)")
+    m.add_argument("--mllm-protocol", metavar="ours|icl|FILE.json",
+                   help="chat backends: how the MLLM is talked to: ours (default), icl (ICL's protocol: open "
+                        "questions, the MLLM's merge used as the new query), or a protocol JSON file")
+    m.add_argument("--mllm-dialogue-timeout", type=float, metavar="S",
+                   help="seconds of work one dialogue may spend in all (not counting your time to answer); then "
+                        "it stops with the ranking it has (default: no limit)")
     r = p.add_argument_group("retrieval")
     r.add_argument("--gallery", help="dataset folder or image folder (default: the SynthPedes demo gallery)")
     r.add_argument("--split", default="test", help="split of a dataset folder (default %(default)s)")
@@ -115,15 +137,21 @@ def context_from_args(args: argparse.Namespace) -> THIContext:
     return THIContext(model=args.model, pretrained=args.pretrained, gallery=args.gallery, split=args.split,
                       chroma_url=args.url, data_dir=args.data_dir, device=args.device, mllm=args.mllm,
                       mllm_url=args.mllm_url, mllm_model=args.mllm_model, mllm_path=args.mllm_path,
-                      mllm_timeout=args.mllm_timeout, policy=args.policy, k=args.k, rounds=args.rounds,
+                      mllm_timeout=args.mllm_timeout, mllm_protocol=args.mllm_protocol,
+                      mllm_dialogue_timeout=args.mllm_dialogue_timeout, policy=args.policy, k=args.k, rounds=args.rounds,
                       config={"xi": args.xi, "anchor_depth": args.anchor_depth, **fusion},
                       user="human" if args.interactive else "none")
 
 
-def open_cli_index(args: argparse.Namespace, progress: bool) -> GalleryIndex:
-    """The gallery index the flags name, with the retrieval model of the model flags (its
-    description goes to stderr unless ``--quiet``). The demo gallery is generated and indexed when
-    missing; another gallery only with ``--index``."""
+def open_cli_index(args: argparse.Namespace, progress: bool, ctx: THIContext | None = None) -> GalleryIndex:
+    """The gallery index the flags name (or ``ctx``'s gallery and model, for a resumed dialogue),
+    with the retrieval model of the model flags (its description goes to stderr unless
+    ``--quiet``). The demo gallery is generated and indexed when missing; another gallery only with
+    ``--index``."""
+    if ctx is not None:
+        args = argparse.Namespace(**{**vars(args), "model": ctx.model, "pretrained": ctx.pretrained,
+                                     "device": ctx.device, "gallery": ctx.gallery, "split": ctx.split,
+                                     "url": ctx.chroma_url, "data_dir": ctx.data_dir})
     embedder = embedder_from_args(args)
     if not args.quiet:
         print(embedder.describe(), file=sys.stderr)
@@ -133,10 +161,10 @@ def open_cli_index(args: argparse.Namespace, progress: bool) -> GalleryIndex:
     return GalleryIndex(gallery, embedder)
 
 
-def _gallery_hint(args: argparse.Namespace, error: Exception) -> str:
+def _gallery_hint(ctx: THIContext, args: argparse.Namespace, error: Exception) -> str:
     """What to do about a gallery error, where the flags can fix it."""
-    if args.gallery is not None and not args.index and "is not indexed" in str(error):
-        return f"; or pass --index to index {args.gallery} now"
+    if ctx.gallery is not None and not args.index and "is not indexed" in str(error):
+        return f"; or pass --index to index {ctx.gallery} now"
     return ""
 
 
@@ -258,7 +286,9 @@ def _print_round(r: dict, above_one: str | None = None, rank: int | None = None,
         print(f"  ... {len(rest)} more checked, {sum(bool(i['match']) for i in rest)} of them fit (see --json or --trace)")
     print(f"  anchor: {r['anchor'] or '-'}")
     for a in r["answers"]:
-        print(f"  Q: {a['question']}  A: {a['value'] if a['value'] is not None else 'cannot tell'}  [{a['source']}]")
+        value = a["value"] if a["value"] is not None else "cannot tell"
+        said = f" (said: {printable(a['text'], max_len=120)!r})" if a.get("text") and a["text"] != a["value"] else ""
+        print(f"  Q: {a['question']}  A: {value}{said}  [{a['source']}]")
     if r["rewritten_query"]:
         print(f"  rewritten query: {r['rewritten_query']}")
     for note in r["notes"]:
@@ -272,141 +302,262 @@ def _print_round(r: dict, above_one: str | None = None, rank: int | None = None,
     return False
 
 
+def _say(text: str = "") -> None:
+    """A line of the interactive dialogue: on stderr, so that stdout holds only the results (--json)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+_prompting = threading.Event()  # a prompt waits on its line (Ctrl-C then starts a new one)
+
+
+def _read(prompt: str) -> str | None:
+    """One line typed by the person (None at end of input); the prompt goes to stderr (and, when
+    the input is not a terminal, the answer read after it, so the log reads as a dialogue)."""
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    _prompting.set()
+    line = sys.stdin.readline()
+    _prompting.clear()
+    if not sys.stdin.isatty():
+        sys.stderr.write(line if line.endswith("\n") else line + "\n")
+    return None if line == "" else line.strip()
+
+
 def _ask_terminal(payload: dict) -> dict:
-    print(f"\nRound {payload['round']}: the top candidates are")
+    """Ask the person the round's questions at the terminal; the resume value
+    (``agents.users.Resume``)."""
+    if payload.get("error"):
+        _say(f"note: {payload['error']}")
+    _say(f"\nRound {payload['round']}: the top candidates are")
     for c in payload["top"][:5]:
-        print(f"  #{c['rank']} {c['id']}  {c['score']:.3f}  {c['path']}")
-    print("Answer each question (Enter or 'skip' to skip, 'done' to finish):")
+        _say(f"  #{c['rank']} {c['id']}  {c['score']:.3f}  {printable(str(c['path']))}")
+    _say("Answer each question in your own words (Enter or 'skip' to skip, 'done' to finish):")
     answers = {}
     for q in payload["questions"]:
-        try:
-            text = input(f"  {q['question']} [{'/'.join(q['options'])}] ").strip()
-        except EOFError:
-            return {"answers": answers, "finish": True}
-        if text.lower() in ("done", "finish", "quit", "q"):
+        text = _read(f"  {q['question']} [{'/'.join(q['options'])}] ")
+        if text is None or text.lower() in ("done", "finish", "quit", "q"):
             return {"answers": answers, "finish": True}
         answers[q["slot"]] = text or "skip"
     return {"answers": answers, "finish": False}
 
 
-def run_settings(cfg: THIConfig, index: GalleryIndex, mllm, args: argparse.Namespace) -> dict[str, str]:
+def run_settings(cfg: THIConfig, index: GalleryIndex, mllm, ctx: THIContext) -> dict[str, str]:
     """The run's settings as the report shows them (label -> value)."""
     out = {"policy": cfg.policy, "retrieval model": index.embedder.name,
            "MLLM backend": mllm.name + (" (oracle: simulation only)" if mllm.is_oracle else ""),
-           "user": "you, at the terminal" if args.interactive else "none (the MLLM answers about the anchor)",
+           "user": "you, at the terminal" if ctx.user == "human" else "none (the MLLM answers about the anchor)",
            "k": str(cfg.k), "round limit": str(cfg.rounds)}
     if cfg.policy == "paper":
         out["xi (gate on the top-1 similarity)"] = f"{cfg.xi:g}"
         out["lambda (weight of the original similarity)"] = f"{cfg.lam:g}"
     else:
-        lam = cfg.lam_user if args.interactive else cfg.lam_adaptive
+        lam = cfg.lam_user if ctx.user == "human" else cfg.lam_adaptive
         out["lambda (weight of the original similarity)"] = f"{lam:g}"
         out["anchor depth"] = str(cfg.anchor_depth)
-    out["gallery"] = f"{gallery_folder(context_from_args(args))} (split {args.split})"
+    out["gallery"] = f"{gallery_folder(ctx)} (split {ctx.split})"
     return out
 
 
+def _open_checkpoint(path: str | None, interactive: bool):
+    if path:
+        import sqlite3
+
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        return SqliteSaver(sqlite3.connect(path, check_same_thread=False))
+    if interactive:
+        from langgraph.checkpoint.memory import InMemorySaver
+
+        return InMemorySaver()
+    return None
+
+
+def _given(args: argparse.Namespace) -> dict:
+    """The context fields the command line sets to something other than their defaults."""
+    defaults = context_from_args(build_parser().parse_args(["--query", "x"]))
+    now = context_from_args(args)
+    return {f.name: getattr(now, f.name) for f in fields(THIContext)
+            if f.name != "config" and getattr(now, f.name) != getattr(defaults, f.name)}
+
+
+class _Stop(Exception):
+    """End main with this exit status after printing ``message`` (one ``error:`` line)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _resumed_context(graph, run_config: dict, args: argparse.Namespace) -> tuple[THIContext, object]:
+    """The context of the dialogue in the checkpoint (flags given now override it) and its state."""
+    snapshot = graph.get_state(run_config)
+    if not snapshot.values:
+        raise _Stop(1, f"no dialogue {args.thread_id!r} in {args.checkpoint}")
+    stored = dict(snapshot.values.get("context") or {})
+    known = {f.name for f in fields(THIContext)}
+    try:
+        ctx = THIContext(**{k: v for k, v in stored.items() if k in known})
+        ctx = replace(ctx, **_given(args))
+        ctx.thi_config()
+    except (TypeError, ValueError) as e:
+        raise _Stop(2, f"the dialogue's settings cannot be used: {str(e).splitlines()[0]}") from None
+    if ctx.resources not in (None, CLI_RESOURCES):  # the CLI registers its own again; others lived elsewhere
+        raise _Stop(1, f"dialogue {args.thread_id!r} ran over objects of another process; it cannot be resumed here")
+    return ctx, snapshot
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """``python -m graphs.thi``: the exit status (0 ok, 1 failed, 2 bad input, 130 interrupted)."""
+    state: dict = {}
+    try:
+        return _main(argv, state)
+    except _Stop as e:
+        print(f"error: {printable(e)}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:
+        where = state.get("where")
+        print(("\n" if _prompting.is_set() else "") + "interrupted"
+              + (f" (continue with --resume {where})" if where else ""), file=sys.stderr, flush=True)
+        _prompting.clear()
+        return 130
+    finally:
+        unregister(CLI_RESOURCES)
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.seed is not None and not args.demo:
         parser.error("--seed chooses the --demo caption; give it with --demo")
+    if args.resume:
+        if args.query is not None or args.demo:
+            raise _Stop(2, "give --query or --demo (a new dialogue) or --resume (continue one), not both")
+        if not (args.checkpoint and args.thread_id):
+            raise _Stop(2, "--resume needs --checkpoint FILE and --thread-id ID")
+        if not Path(args.checkpoint).is_file():
+            raise _Stop(1, f"no checkpoint file {args.checkpoint}")
+    elif args.query is None and not args.demo:
+        parser.error("give --query TEXT or --demo (or --resume to continue a dialogue kept in a checkpoint)")
+    elif args.query is not None and not args.query.strip():
+        raise _Stop(2, "the query is empty")
+
+
+def _main(argv: list[str] | None, where: dict) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR if args.quiet or args.json else logging.WARNING,
                         format="%(levelname)s: %(message)s")
-    if args.query is not None and not args.query.strip():
-        print("error: the query is empty", file=sys.stderr)
-        return 2
-    try:
-        ctx = context_from_args(args)
-        cfg = ctx.thi_config()
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    progress = not (args.quiet or args.json)
-    try:
-        if args.mllm == "transformers" and not args.mllm_path:
-            raise ValueError("--mllm transformers needs --mllm-path FOLDER")
-        index = open_cli_index(args, progress)
-        mllm = backend_for(ctx)
-    except GalleryError as e:
-        print(f"error: {e}{_gallery_hint(args, e)}", file=sys.stderr)
-        return 1
-    except (DatasetError, EmbedderError, MLLMError, ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 1
-    case = None
-    if args.demo:
-        folder = gallery_folder(ctx)
-        try:
-            case = pick_demo_case(index, folder, args.split, DEMO_SEED if args.seed is None else args.seed, cfg.k,
-                                  args.skip_missing)
-        except DatasetError as e:
-            print(f"error: --demo needs an annotated dataset folder (person ids): {str(e).splitlines()[0]}",
-                  file=sys.stderr)
-            return 1
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        ctx = replace(ctx, target_pid=case.pid)
-    query = case.caption if case else args.query
-    ctx = replace(ctx, resources=register("graphs.thi.cli", index=index))  # the index built from the model flags
-
-    checkpointer = None
-    if args.interactive or args.checkpoint:
-        if args.checkpoint:
-            import sqlite3
-
-            from langgraph.checkpoint.sqlite import SqliteSaver
-
-            checkpointer = SqliteSaver(sqlite3.connect(args.checkpoint, check_same_thread=False))
-        else:
-            from langgraph.checkpoint.memory import InMemorySaver
-
-            checkpointer = InMemorySaver()
+    _check_args(parser, args)
+    checkpointer = _open_checkpoint(args.checkpoint, args.interactive)
     graph = build_graph(checkpointer)
-    run_config: dict = {"recursion_limit": recursion_limit(cfg)}
+    run_config: dict = {}
     if checkpointer is not None:
         run_config["configurable"] = {"thread_id": args.thread_id or uuid.uuid4().hex}
+        if args.checkpoint:
+            where["where"] = f"--checkpoint {args.checkpoint} --thread-id {run_config['configurable']['thread_id']}"
+    snapshot = None
     try:
-        result = graph.invoke({"query": query}, config=run_config, context=ctx)
+        if args.resume:
+            ctx, snapshot = _resumed_context(graph, run_config, args)
+        else:
+            ctx = context_from_args(args)
+        cfg = ctx.thi_config()
+    except ValueError as e:
+        raise _Stop(2, str(e).splitlines()[0]) from None
+    run_config["recursion_limit"] = recursion_limit(cfg)
+    progress = not (args.quiet or args.json)
+    try:
+        if ctx.mllm == "transformers" and not ctx.mllm_path:
+            raise ValueError("--mllm transformers needs --mllm-path FOLDER")
+        mllm = backend_for(ctx)
+        mllm.preflight()  # a server that cannot answer fails here, in one line, before any work
+        index = open_cli_index(args, progress, ctx if args.resume else None)
+    except GalleryError as e:
+        raise _Stop(1, f"{e}{_gallery_hint(ctx, args, e)}") from None
+    except (DatasetError, EmbedderError, MLLMError, ValueError, FileNotFoundError, OSError) as e:
+        raise _Stop(1, str(e).splitlines()[0] if str(e) else repr(e)) from None
+    case = None
+    if args.demo:
+        try:
+            case = pick_demo_case(index, gallery_folder(ctx), ctx.split,
+                                  DEMO_SEED if args.seed is None else args.seed, cfg.k, args.skip_missing)
+        except DatasetError as e:
+            raise _Stop(1, f"--demo needs an annotated dataset folder (person ids): {str(e).splitlines()[0]}") \
+                from None
+        except ValueError as e:
+            raise _Stop(1, str(e)) from None
+        ctx = replace(ctx, target_pid=case.pid)
+    # the index built from the model flags, under the name the context keeps (a resume registers it again)
+    ctx = replace(ctx, resources=register(CLI_RESOURCES, index=index))
+
+    try:
+        if args.resume:
+            assert snapshot is not None
+            if not snapshot.next:
+                _say(f"note: dialogue {args.thread_id!r} had finished; its result follows")
+                result = snapshot.values
+            elif snapshot.interrupts:
+                result = graph.invoke(Command(resume=_ask_terminal(snapshot.interrupts[0].value)), config=run_config,
+                                      context=ctx)
+            else:
+                result = graph.invoke(None, config=run_config, context=ctx)
+        else:
+            if checkpointer is not None and args.thread_id:
+                before = graph.get_state(run_config)
+                if before.next:
+                    _say(f"note: thread {args.thread_id!r} held an unfinished dialogue "
+                         f"({before.values.get('query', '')!r}); the new query replaces it (--resume continues one)")
+            query = case.caption if case else args.query
+            result = graph.invoke({"query": query}, config=run_config, context=ctx)
         while "__interrupt__" in result:
             reply = _ask_terminal(result["__interrupt__"][0].value)
             result = graph.invoke(Command(resume=reply), config=run_config, context=ctx)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        unregister("graphs.thi.cli")
+        raise _Stop(2, str(e).splitlines()[0]) from None
     ranks = None
     if case is not None:
-        ranks = round_ranks(person_rank(index.scores(query), gallery_pids(index), case.pid), result["rounds"])
-    above_one = above_one_note(cfg, with_user=args.interactive)
+        ranks = round_ranks(person_rank(index.scores(result["query"]), gallery_pids(index), case.pid),
+                            result["rounds"])
+    above_one = above_one_note(cfg, with_user=ctx.user == "human")
     if args.trace:
         write_trace(args.trace, [result])
     if args.report:
         write_report(args.report, result, lambda i: index.image(i).path, cfg.k,
-                     title="THI demo" if case else "THI", settings=run_settings(cfg, index, mllm, args),
+                     title="THI demo" if case else "THI", settings=run_settings(cfg, index, mllm, ctx),
                      target_ranks=ranks, above_one=above_one,
                      target=(lambda i: index.pid(i) == case.pid) if case else None)
+    usage = result.get("usage") or {}
+    unavailable = mllm.unavailable
     out = {
         "query": result["query"], "final_query": result["current_query"], "policy": cfg.policy, "mllm": mllm.name,
         "model": index.embedder.name,
         "rounds": result["rounds"], "ranking": result["ranking"][: cfg.k], "stopped_because": result["stopped_because"],
-        "mllm_calls": mllm.stats.total_calls, "truncated": result.get("truncated", ""),
+        "mllm_calls": usage.get("mllm_calls", 0), "usage": usage, "truncated": result.get("truncated", ""),
         "thread_id": run_config.get("configurable", {}).get("thread_id"),
     }
     if case is not None:
         out["demo"] = asdict(case)
         out["target_ranks"] = ranks
+    if unavailable is not None:
+        out["error"] = f"MLLM unavailable: {unavailable}"
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2))
     if args.json:
         print(json.dumps(out))
-        return 0
+    else:
+        _print_result(result, cfg, mllm, index, usage, case, ranks, above_one, gallery_folder(ctx), ctx.split)
+    if unavailable is not None:
+        # the ranking printed is what the dialogue kept without the MLLM
+        print(f"error: MLLM unavailable ({unavailable.kind}): {printable(unavailable)}; the ranking above is the one "
+              "kept without it", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_result(result: dict, cfg: THIConfig, mllm, index: GalleryIndex, usage: dict, case: DemoCase | None,
+                  ranks: list[int | None] | None, above_one: str | None, folder: Path, split: str) -> None:
     if case is not None:
-        _print_demo_header(case, gallery_folder(ctx), args.split, cfg.k)
-    print(f"query: {result['query']}")
+        _print_demo_header(case, folder, split, cfg.k)
+    print(f"query: {printable(result['query'])}")
     if result.get("truncated"):
         print(f"note: the text encoder does not see the end of the query: {result['truncated']!r}")
     print("round 0 (retrieval): " + ", ".join(f"{c['id']} ({c['score']:.3f})" for c in result["original_ranking"][: cfg.k]))
@@ -416,14 +567,13 @@ def main(argv: list[str] | None = None) -> int:
         if _print_round(r, above_one, ranks[n] if ranks else None, ranks[n - 1] if ranks else None, ranks is not None):
             above_one = None  # explained once
     print(f"\nstopped: {result['stopped_because']}")
-    print(f"final query: {result['current_query']}")
-    print(f"final ranking ({mllm.stats.total_calls} MLLM calls, backend {mllm.name}"
+    print(f"final query: {printable(result['current_query'])}")
+    print(f"final ranking ({usage.get('mllm_calls', 0)} MLLM calls, backend {mllm.name}"
           + (", ORACLE: simulation only" if mllm.is_oracle else "") + "):")
     for n, c in enumerate(result["ranking"][: cfg.k], 1):
         meta = index.metadatas[index.position[c["id"]]]
         mark = "  <- the true person" if case is not None and meta.get("pid") == case.pid else ""
-        print(f"  {n:2d}. {c['score']:.4f}  {c['id']}  {meta.get('path', '')}{mark}")
+        print(f"  {n:2d}. {c['score']:.4f}  {c['id']}  {printable(str(meta.get('path', '')))}{mark}")
     if ranks is not None:
         print(f"true person: rank {ranks[0]} by retrieval alone, rank {ranks[-1]} after THI "
               f"({len(result['rounds'])} round(s)); known only because the gallery is annotated")
-    return 0

@@ -34,7 +34,7 @@ import numpy as np
 from langgraph.types import interrupt
 
 from agents.questioner import AdaptiveQuestioner, answer_disagreement, with_items
-from agents.users import HumanUser, question_payload, read_human_answers
+from agents.users import HumanUser, ResumeError, question_payload, read_human_answers
 from tools.mllm.base import Answer, MLLMError
 
 from ..config import THIConfig
@@ -95,14 +95,21 @@ class SimulatedAnswerer:
 
 class HumanAnswerer:
     """The person at the terminal or another UI: the graph interrupts with
-    ``agents.users.question_payload`` and reads the resume value with ``read_human_answers``."""
+    ``agents.users.question_payload`` and reads the resume value with ``read_human_answers``. A
+    resume value of the wrong shape is asked again, with the reason in the payload's ``error``."""
 
     def answer(self, state: THIState, slots: list[str], live: Live, pending: dict) -> tuple[list[Answer], bool, str]:
         top = [{"rank": n + 1, **c, "path": str(live.index.image(c["id"]).path)}
                for n, c in enumerate(state["ranking"][: live.config.k])]
-        reply = interrupt(question_payload(pending["round"], state["current_query"], slots, top))
-        answers, finished = read_human_answers(slots, reply)
-        return answers, finished, "human"
+        error = None
+        while True:  # each refused value is one more interrupt of this node, replayed in order on resume
+            reply = interrupt(question_payload(pending["round"], state["current_query"], slots, top, error))
+            try:
+                answers, finished = read_human_answers(slots, reply)
+            except ResumeError as e:
+                error = str(e)
+                continue
+            return answers, finished, "human"
 
 
 def answerer_for(user: Any) -> Answerer:
@@ -166,7 +173,7 @@ def verify(live: Live, image_id: str, rank: int, text: str) -> Inspection:
         return {"id": image_id, "rank": rank, "match": None, "confidence": 0.0, "reason": f"abstained: {v.reason}",
                 "cached": bool(v.cached)}
     return {"id": image_id, "rank": rank, "match": bool(v.match), "confidence": round(float(v.confidence), 4),
-            "reason": v.reason, "cached": bool(v.cached)}
+            "reason": v.reason, "cached": bool(v.cached), "confidence_from": v.confidence_from}
 
 
 def skipped(image_id: str, rank: int, error: MLLMError) -> Inspection:

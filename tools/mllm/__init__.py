@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import (MLLM, Answer, CallStats, Deadline, ImageRef, MLLMError, Verdict, current_deadline,
-                   dialogue_deadline)
+from .base import (MLLM, Answer, CallMeter, CallStats, Deadline, ImageRef, MLLMError, Verdict, current_deadline,
+                   dialogue_deadline, metering)
 
 BACKENDS = ("offline", "openai", "transformers", "oracle")
 #: backends that talk by a chat protocol (``protocol=`` applies)
@@ -59,5 +59,5 @@ def make_mllm(kind: str = "offline", protocol: Any = None, **options: Any) -> ML
     raise ValueError(f"unknown MLLM backend {kind!r} (choose from: {', '.join(BACKENDS)}, or langchain from code)")
 
 
-__all__ = ["BACKENDS", "CHAT_BACKENDS", "MLLM", "Answer", "CallStats", "Deadline", "ImageRef", "MLLMError", "Verdict",
-           "current_deadline", "dialogue_deadline", "make_mllm"]
+__all__ = ["BACKENDS", "CHAT_BACKENDS", "MLLM", "Answer", "CallMeter", "CallStats", "Deadline", "ImageRef", "MLLMError",
+           "Verdict", "current_deadline", "dialogue_deadline", "make_mllm", "metering"]

@@ -17,6 +17,12 @@ call made in that context (that thread or task, and the threads and tasks it sta
 its context: LangGraph's node executors, :meth:`ChatMLLM.verify_many`). Concurrent dialogues each
 set their own; a call made after the time is spent fails at once with kind ``deadline``; a call
 in flight is cut at the deadline by backends that can cut it (the chat backends).
+
+Meters: ``with metering() as meter:`` counts the calls made in that context (calls by kind,
+failures by kind, milliseconds, cache hits), whatever backend makes them and in whichever thread
+that copies the context: a dialogue counts its own calls, however many dialogues share a backend
+(``stats`` counts every call the backend made). In a LangChain run tree each call is a child run
+(``mllm.verify``, ``mllm.ask``, ...; :func:`tools.tracing.child_run`).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Callable, Iterator, Sequence
 
 from tools.attributes import NONE, SLOTS, phrase
 from tools.text import printable
+from tools.tracing import child_run
 
 
 class MLLMError(RuntimeError):
@@ -131,6 +138,66 @@ class CallStats:
                 "cache_hits": self.cache_hits, "failures": self.failures,
                 "failures_by_kind": dict(self.failures_by_kind), "failed_ms": round(self.failed_ms, 2),
                 "total_calls": self.total_calls}
+
+
+class CallMeter:
+    """The MLLM calls made in one scope (see :func:`metering`): completed calls by kind, failed
+    calls by error kind, milliseconds of each, cache hits. Thread-safe (``verify_many``'s workers
+    add to their caller's meter)."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.failures_by_kind: dict[str, int] = {}
+        self.ms = 0.0  # completed calls
+        self.failed_ms = 0.0
+        self.cache_hits = 0
+        self._lock = threading.Lock()
+
+    @property
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+    @property
+    def failures(self) -> int:
+        return sum(self.failures_by_kind.values())
+
+    def _call(self, kind: str, ms: float) -> None:
+        with self._lock:
+            self.calls[kind] = self.calls.get(kind, 0) + 1
+            self.ms += ms
+
+    def _failure(self, kind: str, ms: float) -> None:
+        with self._lock:
+            self.failures_by_kind[kind] = self.failures_by_kind.get(kind, 0) + 1
+            self.failed_ms += ms
+
+    def _hit(self) -> None:
+        with self._lock:
+            self.cache_hits += 1
+
+    def snapshot(self) -> dict:
+        """Plain values: ``calls`` (total), ``by_kind``, ``failures``, ``failures_by_kind``, ``ms``
+        (completed and failed calls together), ``cache_hits``."""
+        with self._lock:
+            return {"calls": sum(self.calls.values()), "by_kind": dict(self.calls),
+                    "failures": sum(self.failures_by_kind.values()), "failures_by_kind": dict(self.failures_by_kind),
+                    "ms": round(self.ms + self.failed_ms, 2), "cache_hits": self.cache_hits}
+
+
+_METERS: contextvars.ContextVar[tuple[CallMeter, ...]] = contextvars.ContextVar("thi_mllm_meters", default=())
+
+
+@contextmanager
+def metering() -> Iterator[CallMeter]:
+    """Count the MLLM calls made inside the ``with`` block (in this context, and in the threads and
+    tasks it starts with a copy of it) on a new :class:`CallMeter`. Meters nest: a call counts on
+    every meter open around it."""
+    meter = CallMeter()
+    token = _METERS.set(_METERS.get() + (meter,))
+    try:
+        yield meter
+    finally:
+        _METERS.reset(token)
 
 
 class Deadline:
@@ -309,22 +376,43 @@ class MLLM(ABC):
     def _timed(self, kind: str, fn, *args):
         """Run one call: counted and timed as a call when it returns, as a failure (by error kind)
         when it raises :class:`MLLMError`. Fails at once when the dialogue deadline has passed."""
-        t0 = time.perf_counter()
-        try:
-            deadline = _DEADLINE.get()
-            if deadline is not None and deadline.expired:
-                raise deadline.error()
-            result = fn(*args)
-        except MLLMError as e:
+        meters = _METERS.get()
+        with child_run(f"mllm.{kind}", _trace_inputs(args), tags=("mllm",),
+                       metadata={"mllm_backend": self.name, **self._trace_metadata()}) as run:
+            t0 = time.perf_counter()
+            try:
+                deadline = _DEADLINE.get()
+                if deadline is not None and deadline.expired:
+                    raise deadline.error()
+                result = fn(*args)
+            except MLLMError as e:
+                ms = (time.perf_counter() - t0) * 1000
+                with self._lock:
+                    self.stats.failures += 1
+                    self.stats.failures_by_kind[e.kind] = self.stats.failures_by_kind.get(e.kind, 0) + 1
+                    self.stats.failed_ms += ms
+                for meter in meters:
+                    meter._failure(e.kind, ms)
+                raise
+            ms = (time.perf_counter() - t0) * 1000
             with self._lock:
-                self.stats.failures += 1
-                self.stats.failures_by_kind[e.kind] = self.stats.failures_by_kind.get(e.kind, 0) + 1
-                self.stats.failed_ms += (time.perf_counter() - t0) * 1000
-            raise
-        with self._lock:
-            self.stats.calls[kind] = self.stats.calls.get(kind, 0) + 1
-            self.stats.ms[kind] = self.stats.ms.get(kind, 0.0) + (time.perf_counter() - t0) * 1000
+                self.stats.calls[kind] = self.stats.calls.get(kind, 0) + 1
+                self.stats.ms[kind] = self.stats.ms.get(kind, 0.0) + ms
+            for meter in meters:
+                meter._call(kind, ms)
+            if run is not None:
+                run.outputs = _trace_outputs(result)
         return result
+
+    def _trace_metadata(self) -> dict:
+        """What a trace's MLLM runs say about this backend besides its name (model, protocol)."""
+        out = {}
+        model = getattr(self, "model", None)
+        if isinstance(model, str):
+            out["mllm_model"] = model
+        if self.protocol is not None:
+            out["mllm_protocol"] = self.protocol.name
+        return out
 
     def _get(self, key: tuple):
         if self._cache is None:
@@ -333,7 +421,10 @@ class MLLM(ABC):
             hit = self._cache.get(key)
             if hit is not None:
                 self.stats.cache_hits += 1
-            return hit
+        if hit is not None:
+            for meter in _METERS.get():
+                meter._hit()
+        return hit
 
     def _put(self, key: tuple, value: object) -> None:
         if self._cache is not None:
@@ -349,6 +440,31 @@ class MLLM(ABC):
         if self._cache is not None:
             with self._lock:
                 self._cache.clear()
+
+
+def _trace_inputs(args: tuple) -> dict:
+    """A call's arguments as a trace shows them: image ids, texts, slot lists (no pixels)."""
+    out: dict = {}
+    for n, a in enumerate(args):
+        if isinstance(a, ImageRef):
+            out["image"] = a.id
+        elif isinstance(a, str):
+            out["text" if "text" not in out else f"arg{n}"] = a
+        elif isinstance(a, (list, tuple)) and all(isinstance(x, str) for x in a):
+            out["slots"] = list(a)
+        elif isinstance(a, (list, tuple)) and all(isinstance(x, Answer) for x in a):
+            out["facts"] = [{"slot": x.slot, "value": x.value} for x in a]
+    return out
+
+
+def _trace_outputs(result: object) -> dict:
+    if isinstance(result, Verdict):
+        return {"match": result.match, "confidence": result.confidence, "reason": result.reason}
+    if isinstance(result, list) and all(isinstance(x, Answer) for x in result):
+        return {"answers": {a.slot: a.value for a in result}}
+    if isinstance(result, (str, bool)):
+        return {"output": result}
+    return {}
 
 
 def grammar_merge(query: str, facts: Sequence[Answer], budget: int | None = None,
