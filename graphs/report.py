@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterable
 
-from PIL import Image
+from tools.photos import PhotoError, read_photo
 
 
 def trace_lines(state: dict, qid: str | int = 0) -> list[str]:
@@ -30,14 +30,13 @@ def write_trace(path: str | Path, states: Iterable[dict], append: bool = False) 
 
 def _thumb(path: Path, height: int = 96) -> str:
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((height, height))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=85)
-        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-    except OSError:
+        im = read_photo(path)  # upright, 8-bit: as indexed
+    except PhotoError:
         return ""
+    im.thumbnail((height, height))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _candidates(cands: list[dict], image_path: Callable[[str], Path], marks: dict[str, str], anchor: str | None) -> str:

@@ -41,6 +41,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .photos import read_photo
+
 if TYPE_CHECKING:
     from .checkpoints import Checkpoint
 
@@ -442,12 +444,10 @@ RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.B
 def load_pixels(image: ImageInput, size: tuple[int, int], resample: str = "bicubic") -> np.ndarray:
     """Read an image and squash it to ``size`` (height, width) with the PIL filter ``resample``
     (``bicubic``: the shipped models; ``bilinear``: IRRA / RDE / ICL, torchvision's ``Resize``
-    default on PIL images): uint8 [H, W, 3]."""
-    if not isinstance(image, Image.Image):
-        with Image.open(image) as im:
-            image = im.convert("RGB")
-    elif image.mode != "RGB":
-        image = image.convert("RGB")
+    default on PIL images): uint8 [H, W, 3]. Read upright and as 8-bit RGB by
+    :func:`tools.photos.read_photo` (EXIF orientation, 16-bit grey); an unreadable file raises
+    :class:`tools.photos.PhotoError` (an ``OSError``) naming it."""
+    image = read_photo(image)
     h, w = size
     if image.size != (w, h):
         try:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from tools.attributes import NONE, SLOTS, phrase
+from tools.photos import PhotoError, photo_changed
 from tools.text import printable
 
 
@@ -43,7 +44,8 @@ class MLLMError(RuntimeError):
     is open after an earlier ``unreachable``/``timeout``), ``rejected-image`` (the server refused
     this photo; it is not sent again), ``bad-image`` (the photo cannot be read or encoded),
     ``bad-reply`` (the server's body is not a usable chat completion), ``unparseable``, ``refused``,
-    ``load`` (a local model cannot be loaded), ``error`` (anything else).
+    ``load`` (a local model cannot be loaded), ``stale-image`` (not tried: the photo was deleted,
+    emptied or replaced since it was indexed), ``error`` (anything else).
 
     The message is one line with control characters and escape sequences removed (it may quote
     the server).
@@ -56,10 +58,19 @@ class MLLMError(RuntimeError):
 
 @dataclass(frozen=True)
 class ImageRef:
-    """A gallery image: its stable id (cache key) and where to read it."""
+    """A gallery image: its stable id (cache key) and where to read it; ``stamp`` is the file's
+    ``(bytes, mtime_ns)`` when it was indexed (None: not recorded), so that a photo deleted, emptied
+    or replaced since is not judged as if it were the one indexed (:meth:`changed`)."""
 
     id: str
     path: Path
+    stamp: tuple[int, int] | None = field(default=None, compare=False)
+
+    def changed(self) -> str | None:
+        """Why the file is no longer the photo indexed (gone, empty, other size or time), or None."""
+        if self.stamp is None:
+            return None
+        return photo_changed(self.path, {"bytes": self.stamp[0], "mtime_ns": self.stamp[1]})
 
 
 @dataclass
@@ -249,6 +260,7 @@ class MLLM(ABC):
     # -- the interface ---------------------------------------------------------------------
 
     def verify(self, image: ImageRef, text: str) -> Verdict:
+        _check_unchanged(image)
         key = (self.name, image.id, "verify", text)
         hit = self._get(key)
         if hit is not None:
@@ -261,6 +273,7 @@ class MLLM(ABC):
         unknown = [s for s in slots if s not in SLOTS]
         if unknown:
             raise ValueError(f"unknown attribute slots: {unknown}")
+        _check_unchanged(image)
         answers: dict[str, Answer] = {}
         missing = []
         for s in slots:
@@ -314,7 +327,10 @@ class MLLM(ABC):
             deadline = _DEADLINE.get()
             if deadline is not None and deadline.expired:
                 raise deadline.error()
-            result = fn(*args)
+            try:
+                result = fn(*args)
+            except PhotoError as e:  # the photo cannot be read (a backend reading it itself)
+                raise MLLMError(str(e), kind="bad-image") from None
         except MLLMError as e:
             with self._lock:
                 self.stats.failures += 1
@@ -349,6 +365,12 @@ class MLLM(ABC):
         if self._cache is not None:
             with self._lock:
                 self._cache.clear()
+
+
+def _check_unchanged(image: ImageRef) -> None:
+    reason = image.changed() if isinstance(image, ImageRef) else None
+    if reason:
+        raise MLLMError(f"{image.id}: {reason}", kind="stale-image")
 
 
 def grammar_merge(query: str, facts: Sequence[Answer], budget: int | None = None,
