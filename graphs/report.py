@@ -82,4 +82,5 @@ def write_report(path: str | Path, state: dict, image_path: Callable[[str], Path
              "figure.yes{border-color:#3a3}figure.no{border-color:#c33}figure.anchor{border-color:#36f}"
              "img{height:96px}.warn{color:#a60}")
     Path(path).write_text(f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-                          f"<style>{style}</style></head><body>{''.join(parts)}</body></html>", encoding="utf-8")
+                          f"<style>{style}</style></head><body>{''.join(parts)}</body></html>", encoding="utf-8",
+                          errors="replace")  # a query from undecodable argv bytes holds lone surrogates

@@ -121,8 +121,12 @@ def collection_name(image_set: str, embedder_name: str, fingerprint: str) -> str
 def folder_items(folder: str | Path) -> tuple[list[GalleryItem], list[Path]]:
     """Image files under ``folder`` (recursively) and the other files found there."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise GalleryError(f"{folder}: gallery folder not found")
+    try:
+        found = folder.is_dir()
+    except (OSError, ValueError) as e:  # a name too long for the file system
+        raise GalleryError(f"{printable_path(folder)[:300]}: not a usable folder path ({printable(e)[:200]})") from None
+    if not found:
+        raise GalleryError(f"{printable_path(folder)[:300]}: gallery folder not found")
     images, others = [], []
     for p in sorted(folder.rglob("*")):
         if not p.is_file() or p.name.startswith("."):
@@ -475,7 +479,7 @@ def items_for(source: str | Path, split: str = "test", format: str = "auto",
     if fmt is None:
         images, others = folder_items(source)
         for p in others:
-            log.warning("skipping %s: not an image file", p)
+            log.warning("skipping %s: not an image file", printable_path(p))
         if not images:
             raise GalleryError(f"{source}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
         return image_set_name(source), [GalleryItem(it.id, it.path, {**it.metadata, "format": "folder"})
@@ -543,9 +547,9 @@ def main(argv: list[str] | None = None) -> int:
             hits = gallery.search(q["bge"][0], args.k, text_tse=q["tse"][0] if "tse" in q else None, score=score)
             for rank, (image_id, value) in enumerate(hits, 1):
                 meta = gallery.metadata(image_id)
-                print(f"{rank:3d}  {value:.4f}  {image_id}  pid={meta.get('pid', '-')}")
-    except (GalleryError, EmbedderError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
+                print(f"{rank:3d}  {value:.4f}  {printable(image_id)}  pid={meta.get('pid', '-')}")
+    except (GalleryError, EmbedderError, DatasetError, ValueError) as e:  # ValueError: -k 0
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 1
     return 0
 

@@ -17,6 +17,7 @@ from langgraph.types import Command
 from tools.embedder import DEFAULT_MODEL, EmbedderError
 from tools.gallery import GalleryError
 from tools.mllm import BACKENDS, MLLMError
+from tools.text import printable, printable_path
 
 from ..config import THIConfig, THIContext, fusion_weight_field
 from ..report import write_report, write_trace
@@ -95,28 +96,29 @@ def _print_round(r: dict) -> None:
     shown, rest = by_rank[:SHOWN_CHECKS], by_rank[SHOWN_CHECKS:]
     for i in shown:
         verdict = "yes" if i["match"] else "no" if i["match"] is not None else "skipped"
-        print(f"  verify #{i['rank']} {i['id']}: {verdict} ({i['confidence']:.2f}) {i['reason']}")
+        print(f"  verify #{i['rank']} {printable(i['id'])}: {verdict} ({i['confidence']:.2f}) {printable(i['reason'])}")
     if rest:
         print(f"  ... {len(rest)} more checked, {sum(bool(i['match']) for i in rest)} of them fit (see --json or --trace)")
-    print(f"  anchor: {r['anchor'] or '-'}")
+    print(f"  anchor: {printable(r['anchor']) or '-'}")
     for a in r["answers"]:
-        print(f"  Q: {a['question']}  A: {a['value'] if a['value'] is not None else 'cannot tell'}  [{a['source']}]")
+        value = printable(a["value"]) if a["value"] is not None else "cannot tell"
+        print(f"  Q: {printable(a['question'])}  A: {value}  [{printable(a['source'])}]")
     if r["rewritten_query"]:
-        print(f"  rewritten query: {r['rewritten_query']}")
+        print(f"  rewritten query: {printable(r['rewritten_query'])}")
     for note in r["notes"]:
-        print(f"  note: {note}")
-    print("  top-k: " + ", ".join(f"{c['id']} ({c['score']:.3f})" for c in r["topk"]))
+        print(f"  note: {printable(note)}")
+    print("  top-k: " + ", ".join(f"{printable(c['id'])} ({c['score']:.3f})" for c in r["topk"]))
 
 
 def _ask_terminal(payload: dict) -> dict:
     print(f"\nRound {payload['round']}: the top candidates are")
     for c in payload["top"][:5]:
-        print(f"  #{c['rank']} {c['id']}  {c['score']:.3f}  {c['path']}")
+        print(f"  #{c['rank']} {printable(c['id'])}  {c['score']:.3f}  {printable_path(c['path'])}")
     print("Answer each question (Enter or 'skip' to skip, 'done' to finish):")
     answers = {}
     for q in payload["questions"]:
         try:
-            text = input(f"  {q['question']} [{'/'.join(q['options'])}] ").strip()
+            text = input(f"  {printable(q['question'])} [{'/'.join(printable(o) for o in q['options'])}] ").strip()
         except EOFError:
             return {"answers": answers, "finish": True}
         if text.lower() in ("done", "finish", "quit", "q"):
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = context_from_args(args)
         cfg = ctx.thi_config()
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 2
     progress = not (args.quiet or args.json)
     try:
@@ -147,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         mllm = backend_for(ctx)
     except GalleryError as e:
         hint = "" if "index it with" in str(e) else ""
-        print(f"error: {e}{hint}" + ("" if args.gallery is None else
-                                      f"; or pass --index to index {args.gallery} now"), file=sys.stderr)
+        print(f"error: {printable(e)}{hint}" + ("" if args.gallery is None else
+                                                f"; or pass --index to index {printable_path(args.gallery)} now"),
+              file=sys.stderr)
         return 1
     except (EmbedderError, MLLMError, ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {printable(str(e).splitlines()[0] if str(e) else type(e).__name__)}", file=sys.stderr)
         return 1
 
     checkpointer = None
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             reply = _ask_terminal(result["__interrupt__"][0].value)
             result = graph.invoke(Command(resume=reply), config=run_config, context=ctx)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 2
     if args.trace:
         write_trace(args.trace, [result])
@@ -191,17 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"query: {result['query']}")
+    print(f"query: {printable(result['query'])}")
     if result.get("truncated"):
-        print(f"note: the text encoder does not see the end of the query: {result['truncated']!r}")
-    print("round 0 (retrieval): " + ", ".join(f"{c['id']} ({c['score']:.3f})" for c in result["original_ranking"][: cfg.k]))
+        print(f"note: the text encoder does not see the end of the query: {printable(repr(result['truncated']))}")
+    print("round 0 (retrieval): " + ", ".join(f"{printable(c['id'])} ({c['score']:.3f})"
+                                              for c in result["original_ranking"][: cfg.k]))
     for r in result["rounds"]:
         _print_round(r)
-    print(f"\nstopped: {result['stopped_because']}")
-    print(f"final query: {result['current_query']}")
+    print(f"\nstopped: {printable(result['stopped_because'])}")
+    print(f"final query: {printable(result['current_query'])}")
     print(f"final ranking ({mllm.stats.total_calls} MLLM calls, backend {mllm.name}"
           + (", ORACLE: simulation only" if mllm.is_oracle else "") + "):")
     for n, c in enumerate(result["ranking"][: cfg.k], 1):
         meta = index.metadatas[index.position[c["id"]]]
-        print(f"  {n:2d}. {c['score']:.4f}  {c['id']}  {meta.get('path', '')}")
+        print(f"  {n:2d}. {c['score']:.4f}  {printable(c['id'])}  {printable_path(meta.get('path', ''))}")
     return 0
