@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from data.readers import FORMAT_NAMES, DatasetError, read_dataset
+from tools.checkpoints import TRUST_ENV
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError, add_model_arguments
 from tools.gallery import Gallery, GalleryError, check_scope, image_set_name, record_items
 from tools.paraphraser import rephrase
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    if args.trust_checkpoint:
+        os.environ[TRUST_ENV] = "1"
     try:
         report, sim, qp, gp = run_benchmark(args.dir, args.split, args.format, args.model, args.pretrained, args.device,
                                             not args.no_chroma, args.data_dir, args.url, not args.quiet,

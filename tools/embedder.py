@@ -711,7 +711,7 @@ class Embedder:
 
 def add_model_arguments(parser, image_size: bool = True, score: bool = True) -> None:
     """The model flags every CLI shares: ``--model``, ``--pretrained``, ``--image-size H W``,
-    ``--random-weights``, ``--device`` and (``score``) ``--score``."""
+    ``--random-weights``, ``--trust-checkpoint``, ``--device`` and (``score``) ``--score``."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="shipped model name, open_clip architecture (e.g. ViT-B-16-quickgelu) or local-dir:PATH "
                              "(default %(default)s; with --pretrained BEST.PTH of IRRA/RDE/ICL and no --model, the "
@@ -725,6 +725,10 @@ def add_model_arguments(parser, image_size: bool = True, score: bool = True) -> 
                                  "research checkpoints)")
     parser.add_argument("--random-weights", action="store_true",
                         help="run an architecture that has no weights on random weights (pipeline tests only)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="unpickle a --pretrained file in full when it holds Python objects beyond tensors and "
+                             "plain values (this can run code the file carries; refused by default; the same as "
+                             "THI_TRUST_CHECKPOINTS=1)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
     if score:
         parser.add_argument("--score", choices=("bge", "tse", "fused"),
@@ -735,6 +739,10 @@ def add_model_arguments(parser, image_size: bool = True, score: bool = True) -> 
 
 def embedder_from_args(args, **kwargs) -> "Embedder":
     """An :class:`Embedder` from the flags of :func:`add_model_arguments`."""
+    if getattr(args, "trust_checkpoint", False):
+        from .checkpoints import TRUST_ENV
+
+        os.environ[TRUST_ENV] = "1"  # the process is the one command the user trusted the file for
     size = getattr(args, "image_size", None)
     return Embedder(args.model, args.pretrained, device=args.device, image_size=tuple(size) if size else None,
                     allow_random=getattr(args, "random_weights", False), **kwargs)

@@ -286,7 +286,13 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
     start_epoch, best, history, elapsed = 0, None, [], 0.0
     pretrain_report = None
     if state_path.exists():
-        state = torch.load(state_path, map_location=dev, weights_only=False)
+        # the state is tensors and plain values only: the safe loader reads it (and a file swapped
+        # in by someone else cannot run code)
+        try:
+            state = torch.load(state_path, map_location=dev, weights_only=True)
+        except Exception as e:  # torch raises pickle, zip and runtime errors alike
+            raise TrainingError(f"{state_path}: cannot be read to resume ({str(e).splitlines()[0][:200]}); pass "
+                                f"--restart to start over") from None
         clip.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if head is not None and state.get("head"):
