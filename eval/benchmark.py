@@ -27,6 +27,7 @@ from tools.checkpoints import TRUST_ENV
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError, add_model_arguments
 from tools.gallery import Gallery, GalleryError, check_scope, image_set_name, record_items
 from tools.paraphraser import rephrase
+from tools.text import printable
 from tools.tse import similarity
 
 from .metrics import METRIC_KEYS, rank_metrics, summary
@@ -194,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                                             skip_missing=args.skip_missing,
                                             image_size=tuple(args.image_size) if args.image_size else None,
                                             allow_random=args.random_weights)
-    except (DatasetError, EmbedderError, GalleryError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (DatasetError, EmbedderError, GalleryError, ValueError) as e:  # ValueError: NoMatchError, bad values
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 1
     print(format_table(report))
     if args.json:

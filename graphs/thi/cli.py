@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         mllm = backend_for(ctx)
     except GalleryError as e:
         hint = "" if "index it with" in str(e) else ""
-        print(f"error: {printable(e)}{hint}" + ("" if args.gallery is None else
+        print(f"error: {printable(e)}{hint}" + ("" if args.gallery is None or args.index else
                                                 f"; or pass --index to index {printable_path(args.gallery)} now"),
               file=sys.stderr)
         return 1
