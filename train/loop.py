@@ -302,7 +302,10 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
         start_epoch, best, history, elapsed = state["epoch"] + 1, state["best"], state["history"], state["seconds"]
         pretrain_report = state.get("pretrain")
         log.info("resuming %s after epoch %d", out, state["epoch"] + 1)
-    (out / "train_config.json").write_text(json.dumps(run_identity, indent=2))
+    # metrics.jsonl holds exactly the epochs the state holds: a kill between appending an epoch's line
+    # and saving its state leaves a line for an epoch that is done again
+    _atomic_write(out / "metrics.jsonl", lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in history)))
+    _atomic_write(out / "train_config.json", lambda p: p.write_text(json.dumps(run_identity, indent=2)))
     config_json = loaded.config or model_config(model)  # a research checkpoint's own shapes where --init is one
     autocast, precision = _autocast(dev, cfg.precision)
     log.info("precision %s on %s", precision, dev)
