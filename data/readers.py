@@ -77,6 +77,8 @@ def path_problem(path: str | os.PathLike) -> str | None:
     raw = os.fsencode(path)
     if b"\x00" in raw:
         return "the path contains a NUL byte"
+    if len(raw) <= MAX_NAME_BYTES:  # the usual case, checked at once
+        return None
     if len(raw) > MAX_PATH_BYTES:
         return f"the path is {len(raw)} bytes long (at most {MAX_PATH_BYTES})"
     longest = max((len(part) for part in raw.split(b"/")), default=0)
