@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                              **({} if args.lam is None else {fusion_weight_field(policy): args.lam}), **extra})
                 for policy in policies]
     except (json.JSONDecodeError, TypeError, ValueError) as e:
-        print(f"error: bad --config: {e}", file=sys.stderr)
+        print(f"error: bad --config: {printable(e)}", file=sys.stderr)
         return 2
     try:
         if args.json:

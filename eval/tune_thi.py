@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from tools.embedder import DEFAULT_MODEL, Embedder
+from tools.text import printable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = [json.loads(s) for s in args.settings]
         configs = [(s.pop("user", "none"), s.pop("user_mllm", None), THIConfig(**s), s) for s in settings]
     except (json.JSONDecodeError, TypeError, ValueError) as e:
-        print(f"error: bad setting: {e}", file=sys.stderr)
+        print(f"error: bad setting: {printable(e)}", file=sys.stderr)
         return 2
     embedder = Embedder(args.model)
     for user, user_mllm, cfg, shown in configs:

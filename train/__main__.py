@@ -11,6 +11,7 @@ from dataclasses import fields
 
 from data.readers import FORMAT_NAMES, DatasetError
 from tools.checkpoints import TRUST_ENV
+from tools.text import printable
 
 from .loop import TrainConfig, TrainingError, fit
 
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                       format=args.format, device=args.device, annotation_file=args.annotations,
                       progress=not args.quiet, restart=args.restart, skip_missing=args.skip_missing)
     except (DatasetError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 1
     print(json.dumps(summary))
     return 0

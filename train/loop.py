@@ -5,6 +5,13 @@ The output folder is an open_clip ``local-dir`` model (``open_clip_config.json``
 last finished epoch: model, optimiser, schedule; a killed run resumes from it), ``metrics.jsonl``
 (one line per epoch) and ``train_config.json``.
 
+The weights, ``state.pt`` and ``train_config.json`` are replaced atomically and ``metrics.jsonl`` is
+rewritten from the state when a run starts, so a run killed at any point (``kill -9`` included) and
+started again with the same command resumes after its last finished epoch, no epoch listed twice. Each epoch's randomness (batch
+order, augmentation) is seeded by the seed and the epoch, so the resumed run ends with the weights
+and ``metrics.jsonl`` (all but ``seconds``) of an uninterrupted run on the same machine and device
+(``tests/test_reliability_resume.py``). ``state.pt`` is read with PyTorch's safe loader.
+
 >>> summary = fit("synthpedes", "runs/small", TrainConfig(epochs=2), model="synthpedes-small", scratch=True)  # doctest: +SKIP
 """
 
