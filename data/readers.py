@@ -34,10 +34,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
+
+from tools.text import printable, printable_path
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,66 @@ FORMAT_NAMES: tuple[str, ...] = tuple(FORMATS)
 _STANDARD_FIELDS = {"id", "split", "captions", "file_path", "img_path", "processed_tokens"}
 MISSING_EXAMPLES = 5
 _CAMERA = re.compile(r"^\d+_c(\d+)[_s.]")
+
+
+#: longest path, and longest file or folder name, accepted (Linux's PATH_MAX and NAME_MAX, in bytes)
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+
+
+def _show(path: Any) -> str:
+    """A path (or a dataset's path field) as one printable line, at most 300 characters."""
+    try:
+        return printable(printable_path(path), max_len=300)
+    except (TypeError, ValueError):
+        return printable(repr(path), max_len=300)
+
+
+def path_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot name a file on this system (a NUL byte; longer than
+    :data:`MAX_PATH_BYTES`, or a name longer than :data:`MAX_NAME_BYTES`), or None."""
+    raw = os.fsencode(path)
+    if b"\x00" in raw:
+        return "the path contains a NUL byte"
+    if len(raw) <= MAX_NAME_BYTES:  # the usual case, checked at once
+        return None
+    if len(raw) > MAX_PATH_BYTES:
+        return f"the path is {len(raw)} bytes long (at most {MAX_PATH_BYTES})"
+    longest = max((len(part) for part in raw.split(b"/")), default=0)
+    if longest > MAX_NAME_BYTES:
+        return f"a name in the path is {longest} bytes long (at most {MAX_NAME_BYTES})"
+    return None
+
+
+def resolve_image(image_root: Path, rel: str) -> tuple[Path | None, str | None]:
+    """``(absolute path, None)`` for a record's image path that lies inside ``image_root`` (an
+    already resolved folder) once symbolic links are resolved, else ``(None, why not)``.
+
+    Refused: an absolute path, a path that climbs out with ``..``, a symbolic link (of the file or
+    of a folder on the way) that points outside the image root, a NUL byte, an overlong path. A
+    dataset's records never make the project read, index or send a file outside the dataset."""
+    problem = path_problem(rel)
+    if problem:
+        return None, problem
+    if os.path.isabs(rel) or rel.startswith("\\"):
+        return None, "an absolute path (image paths are relative to the image folder)"
+    root = str(image_root)
+    try:
+        real = os.path.realpath(os.path.join(root, rel))
+    except (OSError, RuntimeError, ValueError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
+        return None, f"cannot be resolved ({printable(str(e), max_len=120)})"
+    # the string test is Path.is_relative_to on resolved paths, without building Path objects
+    if not real.startswith(root.rstrip(os.sep) + os.sep):
+        return None, "outside the dataset's image folder (after resolving .. and symbolic links)"
+    problem = path_problem(real)
+    return (None, problem) if problem else (Path(real), None)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 class DatasetError(ValueError):
@@ -133,9 +196,9 @@ def _looks_like_annotations(path: Path) -> list[str] | None:
     try:
         if path.stat().st_size > 2_000_000_000:
             return None
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     if isinstance(data, dict):  # {"annotations": [...]} and the like
         data = next((v for v in data.values() if isinstance(v, list) and v and isinstance(v[0], dict)), None)
@@ -145,11 +208,19 @@ def _looks_like_annotations(path: Path) -> list[str] | None:
     return keys if ("captions" in keys or len(keys) >= 2) else None
 
 
-def _not_a_folder(root: Path) -> str:
-    """The message for a dataset path that is not a folder: missing, or a file (e.g. the annotation file itself)."""
+def _folder(root: str | Path) -> Path:
+    """``root`` as a Path, or a one-line :class:`DatasetError` when it cannot be or is not a folder
+    (missing, or a file, e.g. the annotation file itself)."""
+    problem = path_problem(root)
+    if problem:
+        raise DatasetError(f"{_show(root)}: {problem}")
+    root = Path(root)
+    if root.is_dir():
+        return root
     if root.exists():
-        return f"{root}: a file, not a dataset folder (give the folder that holds the annotation file and the images)"
-    return f"{root}: dataset folder not found"
+        raise DatasetError(f"{_show(root)}: a file, not a dataset folder (give the folder that holds the annotation "
+                           "file and the images)")
+    raise DatasetError(f"{_show(root)}: dataset folder not found")
 
 
 def detect_format(root: str | Path) -> str:
@@ -159,9 +230,7 @@ def detect_format(root: str | Path) -> str:
         LayoutError: no known annotation file, but a JSON file that looks like one (named).
         DatasetError: no annotation file at all (a plain folder of images, for callers that take those).
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(_not_a_folder(root))
+    root = _folder(root)
     if (root / "reid_raw.json").is_file() and (root / "attributes.json").is_file():
         return "synthpedes"
     for name in FORMATS:
@@ -171,24 +240,42 @@ def detect_format(root: str | Path) -> str:
     for candidate in sorted(root.glob("*.json")):
         keys = _looks_like_annotations(candidate)
         if keys:
-            raise LayoutError(f"{candidate}: looks like an annotation file (records with {', '.join(keys)}) but no "
+            raise LayoutError(f"{_show(candidate)}: looks like an annotation file (records with {', '.join(keys)}) but no "
                               f"reader knows its name (expected one of: {expected}); rename it to its layout's name")
-    raise DatasetError(f"{root}: no annotation file found (expected one of: {expected})")
+    raise DatasetError(f"{_show(root)}: no annotation file found (expected one of: {expected})")
+
+
+def load_json(path: str | Path, what: str = "annotation file") -> Any:
+    """A JSON file's value; one-line :class:`DatasetError` for a missing, malformed or absurd file.
+
+    UTF-8 with or without a byte-order mark (which Windows editors write) is read. Nesting deeper
+    than Python's recursion limit (about 1,000 levels; no annotation file nests more than a few) is
+    refused as such, not as a crash."""
+    path = Path(path)
+    problem = path_problem(path)
+    if problem:
+        raise DatasetError(f"{_show(path)}: {problem}")
+    if not path.is_file():
+        raise DatasetError(f"{_show(path)}: {what} not found")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{_show(path)}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{_show(path)}: not UTF-8 text") from None
+    except RecursionError:
+        raise DatasetError(f"{_show(path)}: JSON nested too deeply to be {what}") from None
+    except OSError as e:
+        raise DatasetError(f"{_show(path)}: cannot be read ({e.strerror or e})") from None
 
 
 def load_json_list(path: Path) -> list:
-    """A JSON file holding a list; one-line :class:`DatasetError` for a missing or malformed file."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: annotation file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not UTF-8 text") from None
+    """A JSON file holding a list; one-line :class:`DatasetError` for a missing or malformed file
+    (see :func:`load_json`)."""
+    data = load_json(path)
     if not isinstance(data, list):
-        raise DatasetError(f"{path}: expected a JSON list of records, found {type(data).__name__}")
+        raise DatasetError(f"{_show(path)}: expected a JSON list of records, found {type(data).__name__}")
     return data
 
 
@@ -200,8 +287,19 @@ def _cuhk_split(pid: Any) -> Any:
     return next((name for name, lo, hi in CUHK_SPLIT if lo <= n <= hi), "unknown")
 
 
-def _parse_record(raw: Any, index: int, path: Path, path_field: str, image_root: Path) -> Record:
-    where = f"{path}: record {index}"
+class _Where:
+    """``FILE: record N`` for error messages, made only when one is raised (reading is hot)."""
+
+    def __init__(self, path: Path, index: int):
+        self.path, self.index = path, index
+
+    def __format__(self, spec: str) -> str:
+        return f"{_show(self.path)}: record {self.index}"
+
+
+def _parse_record(raw: Any, index: int, path: Path, path_field: str, image_root: Path,
+                  refused: dict[int, str]) -> Record:
+    where = _Where(path, index)
     if not isinstance(raw, dict):
         raise DatasetError(f"{where} is not an object")
     for key in ("id", "captions", "split", path_field):
@@ -209,7 +307,7 @@ def _parse_record(raw: Any, index: int, path: Path, path_field: str, image_root:
             raise DatasetError(f"{where} lacks the field '{key}'")
     pid = raw["id"]
     if isinstance(pid, bool) or not isinstance(pid, (int, str)) or (isinstance(pid, str) and not pid.strip().isdigit()):
-        raise DatasetError(f"{where}: 'id' must be an integer, got {pid!r}")
+        raise DatasetError(f"{where}: 'id' must be an integer, got {printable(repr(pid), max_len=80)}")
     captions = raw["captions"]
     if isinstance(captions, str):
         captions = [captions]
@@ -222,8 +320,12 @@ def _parse_record(raw: Any, index: int, path: Path, path_field: str, image_root:
     if not isinstance(split, str):
         raise DatasetError(f"{where}: 'split' must be a string")
     extra = {k: v for k, v in raw.items() if k not in _STANDARD_FIELDS}
-    cam = _CAMERA.search(Path(rel).name)
-    return Record(pid=int(pid), image=rel, image_path=(image_root / rel).resolve(), captions=tuple(captions),
+    resolved, problem = resolve_image(image_root, rel)
+    if problem:
+        refused[index] = problem
+    cam = _CAMERA.search(rel.rsplit("/", 1)[-1]) if not problem else None
+    # a refused path is kept unresolved only to name the record; read_dataset never returns it
+    return Record(pid=int(pid), image=rel, image_path=resolved or image_root / "refused", captions=tuple(captions),
                   split=split, extra=extra, camera=int(cam.group(1)) if cam else None)
 
 
@@ -244,9 +346,7 @@ def read_dataset(root: str | Path, format: str = "auto", skip_missing: bool = Fa
         DatasetError: one line naming the file: missing or malformed annotations, a record without
             a required field, image files missing (unless ``skip_missing``).
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(_not_a_folder(root))
+    root = _folder(root)
     fmt = detect_format(root) if format == "auto" else format
     if fmt not in FORMATS:
         raise DatasetError(f"unknown dataset format {format!r} (choose from: auto, {', '.join(FORMAT_NAMES)})")
@@ -259,22 +359,34 @@ def read_dataset(root: str | Path, format: str = "auto", skip_missing: bool = Fa
     if fmt == "cuhk-pedes" and raw and all(isinstance(r, dict) and "split" not in r for r in raw):
         log.info("%s: no split field; using CUHK-PEDES's standard split by person id", path)
         raw = [{**r, "split": _cuhk_split(r.get("id"))} for r in raw]
-    records = [_parse_record(r, i, path, spec["path_field"], image_root) for i, r in enumerate(raw)]
+    refused: dict[int, str] = {}
+    records = [_parse_record(r, i, path, spec["path_field"], image_root, refused) for i, r in enumerate(raw)]
     order = {"train": 0, "val": 1, "test": 2}
     all_splits = sorted({r.split for r in records}, key=lambda x: (order.get(x, 9), x))
+    numbered = list(enumerate(records))
     if splits is not None:
         wanted = set(splits)
-        records = [r for r in records if r.split in wanted]
-    missing = [r for r in records if not r.image_path.is_file()]
+        numbered = [(i, r) for i, r in numbered if r.split in wanted]
+    which = f" of split {', '.join(sorted(set(splits)))}" if splits is not None else ""
+    outside = [(i, r) for i, r in numbered if i in refused]
+    if outside:
+        i, r = outside[0]
+        message = (f"{_show(path)}: record {i} (image {_show(r.image)}): {refused[i]}"
+                   + (f"; {len(outside) - 1} more records{which} too" if len(outside) > 1 else ""))
+        if not skip_missing:
+            raise DatasetError(message + "; fix the paths, or pass skip_missing (--skip-missing) to leave them out")
+        log.warning("%s; skipping %d records whose image path is refused", message, len(outside))
+        numbered = [(i, r) for i, r in numbered if i not in refused]
+    missing = [r for _, r in numbered if not _exists(r.image_path)]
     if missing:
-        examples = ", ".join(r.image for r in missing[:MISSING_EXAMPLES])
-        which = f" of split {', '.join(sorted(set(splits)))}" if splits is not None else ""
-        message = (f"{path}: {len(missing)} of {len(records)} image files{which} do not exist under {image_root} "
-                   f"(e.g. {examples})")
+        examples = ", ".join(_show(r.image) for r in missing[:MISSING_EXAMPLES])
+        message = (f"{_show(path)}: {len(missing)} of {len(numbered)} image files{which} do not exist under "
+                   f"{_show(image_root)} (e.g. {examples})")
         if not skip_missing:
             raise DatasetError(message + "; pass skip_missing (--skip-missing) to leave them out")
         log.warning("%s; skipping them", message)
         gone = {id(r) for r in missing}
-        records = [r for r in records if id(r) not in gone]
+        numbered = [(i, r) for i, r in numbered if id(r) not in gone]
+    records = [r for _, r in numbered]
     return Dataset(format=fmt, root=root.resolve(), image_root=image_root, annotation_file=path, records=records,
                    all_splits=all_splits)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from tools.cliargs import ArgumentParser
+from tools.text import printable
 
 from .readers import FORMAT_NAMES, Dataset, DatasetError, read_dataset
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         ds = read_dataset(args.dir, args.format, skip_missing=args.skip_missing)
         print(json.dumps(dataset_stats(ds)))
     except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 1
     return 0
 

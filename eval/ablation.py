@@ -23,6 +23,7 @@ from pathlib import Path
 from tools.cliargs import ArgumentParser, non_negative_int, positive_int
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
 from tools.mllm import make_mllm
+from tools.text import printable
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "ablation.json"
 #: how the base model (``synthpedes-small``, v3) was trained; README "Retrieval core" has the full recipe
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             for cmd in steps:
                 _run(cmd + (["--restart"] if args.restart else []))
         except StepFailed as e:
-            print(f"error: a training step failed: {e} (see its message above)", file=sys.stderr)
+            print(f"error: a training step failed: {printable(e)} (see its message above)", file=sys.stderr)
             return 1
     # Recorded either way: without --train they are the commands that made the models being loaded.
     commands = [SHIPPED_MODEL_COMMAND] + [" ".join(["python"] + cmd[1:]) for cmd in steps]
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             results[f"{key}_baseline_same_queries"] = thi["baseline"]
             results[f"{key}_mllm_calls"] = thi["mllm_calls"]
     except (EmbedderError, FileNotFoundError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {printable(str(e).splitlines()[0] if str(e) else e)}", file=sys.stderr)
         return 1
     results["settings"] = {
         "dataset": str(Path(args.dir)), "split": args.split, "base_model": args.base_model, "rda_model": args.rda_model,

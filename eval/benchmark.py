@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -22,9 +23,11 @@ import numpy as np
 
 from data.readers import FORMAT_NAMES, DatasetError, read_dataset
 from tools.cliargs import ArgumentParser, add_output_arguments, legacy_json_file, non_negative_int
+from tools.checkpoints import TRUST_ENV
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError, add_model_arguments
 from tools.gallery import Gallery, GalleryError, check_scope, image_set_name, record_items
 from tools.paraphraser import rephrase
+from tools.text import printable
 from tools.tse import similarity
 
 from .metrics import METRIC_KEYS, rank_metrics, summary
@@ -184,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     legacy_json_file(args, p.prog)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    if args.trust_checkpoint:
+        os.environ[TRUST_ENV] = "1"
     try:
         report, sim, qp, gp = run_benchmark(args.dir, args.split, args.format, args.model, args.pretrained, args.device,
                                             not args.no_chroma, args.data_dir, args.url, not (args.quiet or args.json),
@@ -191,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                                             skip_missing=args.skip_missing,
                                             image_size=tuple(args.image_size) if args.image_size else None,
                                             allow_random=args.random_weights)
-    except (DatasetError, EmbedderError, GalleryError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (DatasetError, EmbedderError, GalleryError, ValueError) as e:  # ValueError: NoMatchError, bad values
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 1
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

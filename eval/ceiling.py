@@ -18,6 +18,7 @@ from data.synthpedes.ceiling import (AnnotationError, SplitAnnotations, ambiguit
                                      split_annotations)
 from tools.attributes import IMAGE_SLOTS, SLOT_NAMES
 from tools.cliargs import ArgumentParser
+from tools.text import printable
 
 from .metrics import rank_metrics, summary
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sa = split_annotations(load_annotations(args.dir), args.split)
     except AnnotationError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 1
     known = with_knowledge(sa, args.knowledge)
     scores, qp, gp = ceiling_scores(known)

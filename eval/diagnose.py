@@ -34,6 +34,7 @@ from data.synthpedes.ceiling import AnnotationError, load_annotations
 from tools.attributes import SLOT_NAMES
 from tools.cliargs import ArgumentParser, add_output_arguments, legacy_json_file, positive_int
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
+from tools.text import printable
 
 from .benchmark import sample_indices, split_queries
 from .metrics import rank_metrics, summary
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report = fusion_report(args.dir, embedder, args.split, args.weight, args.limit, progress=not args.quiet)
     except (AnnotationError, DatasetError, EmbedderError, FileNotFoundError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {printable(str(e).splitlines()[0] if str(e) else e)}", file=sys.stderr)
         return 1
     print(json.dumps(report))
     if args.out:

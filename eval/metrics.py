@@ -27,7 +27,11 @@ import numpy as np
 METRIC_KEYS: tuple[str, ...] = ("R1", "R5", "R10", "mAP", "mINP")
 
 
-def _check(similarity: np.ndarray, query_pids: np.ndarray, gallery_pids: np.ndarray) -> None:
+class NoMatchError(ValueError):
+    """No query has a true match in the gallery: every metric would be undefined (0 / 0)."""
+
+
+def _check(similarity: np.ndarray, query_pids: np.ndarray, gallery_pids: np.ndarray, ks: Sequence[int]) -> None:
     if similarity.ndim != 2:
         raise ValueError(f"similarity must be 2-D [queries, gallery], got shape {similarity.shape}")
     if similarity.shape != (len(query_pids), len(gallery_pids)):
@@ -35,6 +39,15 @@ def _check(similarity: np.ndarray, query_pids: np.ndarray, gallery_pids: np.ndar
                          f"x {len(gallery_pids)} gallery items")
     if len(gallery_pids) == 0 or len(query_pids) == 0:
         raise ValueError("no queries or no gallery items")
+    bad_k = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1]
+    if bad_k:
+        raise ValueError(f"Rank-k needs whole numbers k >= 1, got {bad_k}")
+    if not np.isfinite(similarity).all():
+        raise ValueError(f"similarity holds {int((~np.isfinite(similarity)).sum())} NaN or infinite values")
+    if not np.isin(query_pids, gallery_pids).any():
+        raise NoMatchError(f"no query has a true match in the gallery: none of the {len(query_pids)} queries' "
+                           f"person ids is among the {len(gallery_pids)} gallery items' (R@k, mAP and mINP are "
+                           f"undefined)")
 
 
 def rank_metrics(similarity: np.ndarray, query_pids: Sequence[int] | np.ndarray, gallery_pids: Sequence[int] | np.ndarray,
@@ -45,10 +58,15 @@ def rank_metrics(similarity: np.ndarray, query_pids: Sequence[int] | np.ndarray,
     ``ties="stable"`` breaks ties by gallery order, as IRRA's argsort does on float similarities.
     Queries without any true match in the gallery are skipped (their count is returned as
     ``num_skipped``), as in IRRA where every query has one.
+
+    Raises:
+        NoMatchError: no query has a true match (every metric would be 0 / 0).
+        ValueError: shapes that do not match, no queries or gallery items, k < 1, NaN or infinite
+            similarities.
     """
     sim = np.asarray(similarity)
     qp, gp = np.asarray(query_pids), np.asarray(gallery_pids)
-    _check(sim, qp, gp)
+    _check(sim, qp, gp, ks)
     if ties == "expected":
         return _expected_metrics(sim, qp, gp, ks, per_query)
     if ties != "stable":

@@ -32,6 +32,7 @@ from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
 from tools.mllm import MLLM, MLLMError
 from tools.mllm.base import ImageRef
 from tools.mllm.offline import CONTRADICTION_FEATURES, LOG_EPS, verifier_features, verifier_weights
+from tools.text import printable
 
 from .benchmark import sample_indices, split_queries
 
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         if mllm.unavailable is not None:  # the server could not be used: the figures above mean nothing
             raise mllm.unavailable
     except (DatasetError, AnnotationError, EmbedderError, MLLMError, ValueError, FileNotFoundError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {printable(str(e).splitlines()[0] if str(e) else e)}", file=sys.stderr)
         return 1
     text = json.dumps(report, indent=2)
     print(text)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from data.readers import FORMAT_NAMES, DatasetError, read_dataset
 from graphs.config import THIConfig, THIContext, fusion_weight_field
 from graphs.demo import open_gallery
-from graphs.report import write_trace
+from graphs.report import trace_lines
 from graphs.server import make_backend, register, unregister
 from graphs.thi import build_graph, final_scores, recursion_limit
 from tools.cliargs import (ArgumentParser, add_output_arguments, cosine, legacy_json_file, non_negative_int,
@@ -39,9 +40,10 @@ from tools.gallery import GalleryError
 from tools.index import GalleryIndex
 from tools.mllm import BACKENDS, MLLM, MLLMError
 from tools.mllm.base import ImageRef, Verdict
+from tools.text import printable, printable_path
 
 from .benchmark import sample_indices, split_queries
-from .metrics import METRIC_KEYS, rank_metrics, summary
+from .metrics import METRIC_KEYS, NoMatchError, rank_metrics, summary
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,19 @@ class NoisyVerifier(MLLM):
 
     def __init__(self, inner: MLLM, flip: float, seed: int = 0):
         super().__init__(cache=False)
-        self.inner, self.flip = inner, flip
+        self.inner, self.flip, self.seed = inner, flip, seed
         self.rng = np.random.default_rng(seed)
         self.name = f"{inner.name}+flip{flip:g}"
         self.is_oracle = inner.is_oracle
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.inner.fingerprint}+flip{self.flip:g}"
+
+    def start_query(self, query: int) -> None:
+        """Draw this query's flips from its own stream (seeded by the seed and the query's index), so
+        that a query flips the same way whichever queries ran before it (a resumed run, a sample)."""
+        self.rng = np.random.default_rng([self.seed, query])
 
     def _verify(self, image: ImageRef, text: str) -> Verdict:
         v = self.inner.verify(image, text)
@@ -73,9 +84,74 @@ class NoisyVerifier(MLLM):
 
 
 def _row_metrics(scores: np.ndarray, target_pid: int, gallery_pids: np.ndarray) -> tuple[int, float, float]:
-    """(rank of the first true match, AP, INP) of one ranking."""
+    """(rank of the first true match, AP, INP) of one ranking (the query has a match in the gallery)."""
     m = rank_metrics(scores[None, :], np.asarray([target_pid]), gallery_pids, ks=(1,), per_query=True)["per_query"]
     return int(m["first_rank"][0]), float(m["ap"][0]), float(m["inp"][0])
+
+
+class JournalError(RuntimeError):
+    """A resume journal belongs to another run (other settings) or cannot be read; one line."""
+
+
+class Journal:
+    """The finished queries of one benchmark run, one JSON line each, beside its ``--json`` output.
+
+    The first line holds the run's settings; a run with other settings refuses the file (or, with
+    ``restart``, discards it). Each later line is one finished query (its metrics per round, MLLM
+    calls, latency, stop reason and, when traced, its trace lines), appended and flushed to disk
+    when the query ends, so a killed run resumes from the first unfinished query with every count
+    the same as an uninterrupted run's (latencies are those measured when each query ran). A line
+    cut by a kill is dropped and that query is run again.
+    """
+
+    def __init__(self, path: str | Path, settings: dict, restart: bool = False):
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings))  # as read back from the file
+        self.rows: dict[int, dict] = {}
+        if restart:
+            self.path.unlink(missing_ok=True)
+        if self.path.exists():
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            try:
+                head = json.loads(lines[0]) if lines else None
+            except json.JSONDecodeError:
+                head = None
+            if head is None and len(lines) <= 1:
+                lines = []  # killed while the first line was written: nothing was finished
+            elif not isinstance(head, dict) or head.get("settings") != self.settings:
+                changed = sorted(k for k in set(self.settings) | set((head or {}).get("settings") or {})
+                                 if (head or {}).get("settings", {}).get(k) != self.settings.get(k))
+                raise JournalError(f"{printable_path(self.path)} resumes a run with other settings "
+                                   f"({', '.join(changed) or 'unreadable'} differ); pass --restart to discard it, "
+                                   f"or write --out elsewhere")
+            for line in lines[1:]:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("n"), int):
+                    self.rows[row["n"]] = row
+        # rewritten whole (atomically) so that a torn last line does not precede the next append
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"settings": self.settings}) + "\n")
+            f.writelines(json.dumps(self.rows[n]) + "\n" for n in sorted(self.rows))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def add(self, row: dict) -> None:
+        self.rows[row["n"]] = row
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def journal_path(json_out: str | Path, policy: str | None = None) -> Path:
+    """Where the resume journal of a run writing ``json_out`` lives (one per policy when several)."""
+    out = Path(json_out)
+    return out.with_name(out.name + (f".{policy}" if policy else "") + ".journal.jsonl")
 
 
 def _aggregate(first: np.ndarray, ap: np.ndarray, inp: np.ndarray) -> dict:
@@ -102,7 +178,22 @@ def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder:
                       format: str = "auto", user: str = "none", user_mllm: MLLM | None = None,
                       limit: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
                       url: str | None = None, trace: str | Path | None = None, progress: bool = True,
-                      skip_missing: bool = False, dialogue_timeout: float | None = None) -> dict:
+                      skip_missing: bool = False, dialogue_timeout: float | None = None,
+                      journal: str | Path | None = None, restart: bool = False) -> dict:
+    """Run the benchmark (see the module docstring) and return its report.
+
+    ``skip_missing``: leave out records whose image file is missing (warns). ``dialogue_timeout``:
+    seconds of work each dialogue may spend in all (the run context's ``mllm_dialogue_timeout``).
+    ``journal``: a file that records every finished query (:class:`Journal`); a killed run given the
+    same file resumes where it stopped, and a run with other settings refuses it (``restart``
+    discards it).
+
+    Raises:
+        DatasetError, GalleryError: the split or its gallery cannot be used.
+        NoMatchError: no query has a true match in the gallery (queries without one are left out
+            and counted in ``num_skipped``).
+        JournalError: the journal belongs to a run with other settings.
+    """
     ds = read_dataset(root, format, skip_missing=skip_missing, splits=[split])
     records = ds.split(split)
     if not records:
@@ -113,35 +204,46 @@ def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder:
     gallery_pids = np.asarray([m.get("pid", -1) for m in index.metadatas])
     texts, qpids, owner = split_queries(records)
     order = sample_indices(len(texts), limit, seed)
+    matched = np.isin(qpids[order], gallery_pids)
+    if not matched.any():
+        raise NoMatchError(f"no query has a true match in gallery {gallery.name}: none of the {len(order)} queries' "
+                           f"person ids is among its {len(gallery_pids)} images' (was it indexed from another "
+                           f"split, or without person ids?)")
+    skipped_queries = int((~matched).sum())
+    if skipped_queries:
+        log.warning("%d of %d queries have no true match in the gallery; left out", skipped_queries, len(order))
+    order = order[matched]
     backends = [mllm] + ([user_mllm] if user_mllm is not None and user_mllm is not mllm else [])
-
-    def total_calls() -> int:  # THI's and the simulated user's calls together
-        return sum(b.stats.total_calls for b in backends)
+    settings = {"dataset": str(Path(root).resolve()), "format": ds.format, "split": split, "config": config.to_dict(),
+                "mllm": mllm.fingerprint, "user": user, "user_mllm": user_mllm.fingerprint if user_mllm else None,
+                "model": embedder.name, "model_fingerprint": embedder.fingerprint, "gallery": gallery.name,
+                "gallery_images": len(index.ids), "limit": limit, "seed": seed, "traced": bool(trace)}
+    book = Journal(journal, settings, restart) if journal else None
+    done = dict(book.rows) if book else {}
 
     graph = build_graph()
     limit_steps = recursion_limit(config)
     n_rounds = config.rounds
-    first = np.zeros((len(order), n_rounds + 1), dtype=np.int64)
-    ap = np.zeros((len(order), n_rounds + 1))
-    inp = np.zeros((len(order), n_rounds + 1))
-    calls, latency, baseline_ms, rounds_run = [], [], [], []
-    stops: dict[str, int] = {}
-    states = []
+    rows: list[dict | None] = [done.get(n) for n in range(len(order))]
     # the benchmark's own objects (a fresh backend per run, maybe a noisy one) serve its contexts
     resources = register(index=index, mllm=mllm, user_mllm=user_mllm)
     run_ctx = THIContext.from_config(config, resources=resources, user="simulated" if user == "simulated" else "none",
                                      mllm_dialogue_timeout=dialogue_timeout)
+    todo = [n for n in range(len(order)) if rows[n] is None]
     try:
-        for n, q in enumerate(tqdm(order, desc=f"THI {config.policy}", unit="query", disable=not progress,
-                                   mininterval=2)):
+        for n in tqdm(todo, desc=f"THI {config.policy}", unit="query", disable=not progress, mininterval=2,
+                      initial=len(order) - len(todo), total=len(order)):
+            q = int(order[n])
             text, pid = texts[q], int(qpids[q])
             ctx = replace(run_ctx, target=records[owner[q]].image, target_pid=pid)
             t0 = time.perf_counter()
             index.embeddings @ embedder.encode_texts([text], progress=False)[0]  # plain retrieval (uncached)
-            baseline_ms.append((time.perf_counter() - t0) * 1000)
+            baseline_ms = (time.perf_counter() - t0) * 1000
             for b in backends:  # each dialogue pays for its own answers (see MLLM.clear_cache)
                 b.clear_cache()
-            calls0 = total_calls()
+                if isinstance(b, NoisyVerifier):
+                    b.start_query(q)
+            user_calls0 = sum(b.stats.total_calls for b in backends[1:])
             t0 = time.perf_counter()
             snapshots = []
             for values in graph.stream({"query": text}, context=ctx, config={"recursion_limit": limit_steps},
@@ -150,24 +252,41 @@ def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder:
                     snapshots.append({k: values.get(k) for k in ("query", "current_query", "anchor", "verified",
                                                                 "checked", "stated", "facts")})
                 final = values
-            latency.append((time.perf_counter() - t0) * 1000)
-            calls.append(total_calls() - calls0)
-            stops[final["stopped_because"]] = stops.get(final["stopped_because"], 0) + 1
-            rounds_run.append(len(final["rounds"]))
+            latency_ms = (time.perf_counter() - t0) * 1000
+            # this dialogue's calls: its rounds' own counts (THI's backend), plus the simulated user's
+            # backend where it is a separate one
+            calls = sum(int(r.get("mllm_calls", 0)) for r in final["rounds"]) \
+                + sum(b.stats.total_calls for b in backends[1:]) - user_calls0
             base = index.scores(text)
-            first[n, 0], ap[n, 0], inp[n, 0] = _row_metrics(base, pid, gallery_pids)
-            row = (first[n, 0], ap[n, 0], inp[n, 0])
+            metrics = [_row_metrics(base, pid, gallery_pids)]
             for r in range(1, n_rounds + 1):
-                if r <= len(snapshots):
-                    row = _row_metrics(final_scores(snapshots[r - 1], ctx), pid, gallery_pids)
-                first[n, r], ap[n, r], inp[n, r] = row
+                metrics.append(_row_metrics(final_scores(snapshots[r - 1], ctx), pid, gallery_pids)
+                               if r <= len(snapshots) else metrics[-1])
+            row = {"n": n, "query": q, "first": [m[0] for m in metrics], "ap": [m[1] for m in metrics],
+                   "inp": [m[2] for m in metrics], "calls": int(calls), "latency_ms": latency_ms,
+                   "baseline_ms": baseline_ms, "rounds_run": len(final["rounds"]),
+                   "stopped_because": final["stopped_because"]}
             if trace:
-                states.append(final)
+                row["trace"] = trace_lines(final, n)
+            rows[n] = row
+            if book:
+                book.add(row)
     finally:
         unregister(resources)
     if trace:
-        write_trace(trace, states)
-    latency_arr, base_arr = np.asarray(latency), np.asarray(baseline_ms)
+        with open(trace, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.writelines(line + "\n" for line in row["trace"])
+    first = np.asarray([row["first"] for row in rows], dtype=np.int64)
+    ap = np.asarray([row["ap"] for row in rows], dtype=np.float64)
+    inp = np.asarray([row["inp"] for row in rows], dtype=np.float64)
+    calls = [row["calls"] for row in rows]
+    latency_arr = np.asarray([row["latency_ms"] for row in rows])
+    base_arr = np.asarray([row["baseline_ms"] for row in rows])
+    rounds_run = [row["rounds_run"] for row in rows]
+    stops: dict[str, int] = {}
+    for row in rows:
+        stops[row["stopped_because"]] = stops.get(row["stopped_because"], 0) + 1
     report = {
         "dataset": {"root": str(Path(root).resolve()), "format": ds.format, "split": split},
         "policy": config.policy, "mllm": mllm.name, "oracle": bool(mllm.is_oracle),
@@ -185,6 +304,10 @@ def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder:
         "rounds_run": {"mean": round(float(np.mean(rounds_run)), 3), "max": int(np.max(rounds_run))},
         "stopped_because": stops,
     }
+    if skipped_queries:
+        report["num_skipped"] = skipped_queries
+    if book:
+        report["resumed_queries"] = len(done)
     if ds.format == "synthpedes":
         from data.synthpedes.ceiling import ceiling_scores, load_annotations, split_annotations
 
@@ -269,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="Chroma folder (default $THI_HOME/chroma)")
     p.add_argument("--url", help="Chroma server URL")
     add_output_arguments(p, "the report (a list of reports for several policies)", legacy_json=True)
+    p.add_argument("--restart", action="store_true",
+                   help="discard the journal beside --out (a run with other settings refuses it otherwise)")
     p.add_argument("--plot", metavar="OUT.png", help="plot R1 per round for each policy")
     p.add_argument("--trace", metavar="FILE.jsonl", help="write every query's rounds")
     p.add_argument("--quiet", action="store_true")
@@ -284,9 +409,11 @@ def main(argv: list[str] | None = None) -> int:
                              **({} if args.lam is None else {fusion_weight_field(policy): args.lam}), **extra})
                 for policy in args.policy]
     except (json.JSONDecodeError, TypeError, ValueError) as e:
-        print(f"error: bad --config: {e}", file=sys.stderr)
+        print(f"error: bad --config: {printable(e)}", file=sys.stderr)
         return 2
     try:
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         root = Path(args.dir)
         # the MLLMs first: a server that cannot answer fails in seconds, before the model loads
         backends = [(_mllm(args.mllm, root, args.device, args.flip, args.mllm_protocol),
@@ -296,17 +423,20 @@ def main(argv: list[str] | None = None) -> int:
             print(embedder.describe(), file=sys.stderr)
         reports = []
         for cfg, (mllm, user_mllm) in zip(cfgs, backends):
+            journal = journal_path(args.out, cfg.policy if len(cfgs) > 1 else None) if args.out else None
             reports.append(run_thi_benchmark(root, cfg, mllm, embedder, args.split, args.format, args.user, user_mllm,
                                              args.limit, args.seed, args.data_dir, args.url, args.trace,
                                              not (args.quiet or args.json), args.skip_missing,
-                                             args.mllm_dialogue_timeout))
-    except (DatasetError, EmbedderError, GalleryError, MLLMError, ValueError, FileNotFoundError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+                                             args.mllm_dialogue_timeout, journal=journal, restart=args.restart))
+    except (DatasetError, EmbedderError, GalleryError, MLLMError, ValueError, OSError, JournalError) as e:
+        print(f"error: {printable(str(e).splitlines()[0] if str(e) else type(e).__name__)}", file=sys.stderr)
         return 1
     result = reports[0] if len(reports) == 1 else reports
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        out = Path(args.out)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, out)  # whole or not at all: the journal stays the record until then
     if args.plot:
         plot_rounds(reports, args.plot)
     if args.json:
@@ -314,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for rep in reports:
         tag = " [ORACLE: simulation only]" if rep["oracle"] else ""
-        print(f"policy {rep['policy']}, mllm {rep['mllm']}{tag}, user {rep['user']}, {rep['num_queries']} queries")
+        print(f"policy {rep['policy']}, mllm {printable(rep['mllm'])}{tag}, user {printable(rep['user'])}, "
+              f"{rep['num_queries']} queries" + (f" ({rep['resumed_queries']} from the journal)"
+                                                 if rep.get("resumed_queries") else ""))
         print(f"{'':12s}" + "".join(f"{k:>8s}" for k in METRIC_KEYS))
         rows = [("baseline", rep["baseline"])] + [(f"round {i + 1}", r) for i, r in enumerate(rep["rounds"])]
         if "ceiling" in rep:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tools.cliargs import ArgumentParser, non_negative_int, positive_int
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
+from tools.text import printable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = [json.loads(s) for s in args.settings]
         configs = [(s.pop("user", "none"), s.pop("user_mllm", None), THIConfig(**s), s) for s in settings]
     except (json.JSONDecodeError, TypeError, ValueError) as e:
-        print(f"error: bad setting: {e}", file=sys.stderr)
+        print(f"error: bad setting: {printable(e)}", file=sys.stderr)
         return 2
     try:
         embedder = Embedder(args.model)
     except EmbedderError as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {printable(str(e).splitlines()[0] if str(e) else e)}", file=sys.stderr)
         return 1
     print(embedder.describe(), file=sys.stderr)
     for user, user_mllm, cfg, shown in configs:

@@ -16,7 +16,11 @@ augmented (other splits, skipped ones, those beyond ``--limit``) carry their cap
 strings, which ICL's loader and ours both take as the caption itself.
 
 Killed and re-run, it continues from the journal and the final file equals an uninterrupted run's
-(every record's randomness is seeded by its index).
+(every record's randomness is seeded by its index). Records skipped because the MLLM server was
+down or too slow (``unreachable``, ``unavailable``, ``timeout``, ``deadline``) are journalled as such
+and asked again by the next run, without ``--restart``; a run whose MLLM became unavailable ends
+with one ``error:`` line saying how many records wait for the next run, and exit status 1.
+Image paths must lie inside the dataset's image folder (:func:`data.readers.resolve_image`).
 
 ``python -m graphs.rda DIR --out FILE.json [--format ...] [--mllm offline|openai|...] [--m 5]
 [--workers N] [--limit N]``
@@ -27,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,15 +46,27 @@ from tqdm import tqdm
 from typing_extensions import TypedDict
 
 from data.readers import FORMATS, FORMAT_NAMES, MISSING_EXAMPLES, DatasetError, annotation_path, detect_format, \
-    load_json_list
+    load_json_list, resolve_image
 from tools.attributes import COLOR_PARENT, IDENTITY_SLOTS
 from tools.cliargs import ArgumentParser, non_negative_int, positive_int, unit_float
 from tools.mllm import MLLM, MLLMError, make_mllm
 from tools.mllm.base import ImageRef
 from tools.mllm.parser import parse
 from tools.paraphraser import decompose, rule_paraphrases
+from tools.text import printable, printable_path
 
 log = logging.getLogger(__name__)
+
+#: MLLM failures that say the server was down or slow, not that the record is bad: a record skipped
+#: for one of them is journalled as such and tried again by the next run (no ``--restart`` needed)
+RETRY_KINDS = frozenset({"unreachable", "unavailable", "timeout", "deadline"})
+_RETRY_TEXT = re.compile(r"^mllm answer unusable \((%s)\)" % "|".join(sorted(RETRY_KINDS)))
+
+
+def retryable(entry: dict) -> bool:
+    """Whether a journal entry is a record skipped because the MLLM was down (tried again)."""
+    return bool(entry.get("retry")) or bool(_RETRY_TEXT.match(str(entry.get("skipped", ""))))
+
 
 class RDAItem(TypedDict, total=False):
     index: int  # position in the annotation file
@@ -61,6 +78,7 @@ class RDAItem(TypedDict, total=False):
     parts: list[list[dict[str, str]]]  # per caption: attribute groups
     diversity: list[list[list[str]]]  # per caption: sub-sentences x paraphrases
     skipped: str  # why the item was not augmented
+    retry: bool  # skipped because the MLLM was down: the next run tries it again
 
 
 class RDAState(TypedDict, total=False):
@@ -90,7 +108,10 @@ def _enrich_one(item: RDAItem, mllm: MLLM, min_confidence: float = 0.0) -> RDAIt
         # only what describes the person is added to a caption
         answers = mllm.ask(ImageRef(item["image_id"], Path(item["image_path"])), list(IDENTITY_SLOTS))
     except MLLMError as e:
-        return {**item, "skipped": f"mllm answer unusable ({e.kind}): {e}"}
+        out = {**item, "skipped": f"mllm answer unusable ({e.kind}): {e}"}
+        if e.kind in RETRY_KINDS:
+            out["retry"] = True  # the server was down, not the record at fault: the next run asks again
+        return out
     # A wrong added fact teaches the retriever a false pairing; only confident answers are added.
     seen = {a.slot: a.value for a in answers if a.value is not None and a.confidence >= min_confidence}
     enriched = []
@@ -162,6 +183,8 @@ def write(state: RDAState, runtime: Runtime[RDAContext]) -> dict:
             entry = {"index": item["index"]}
             if item.get("skipped"):
                 entry["skipped"] = item["skipped"]
+                if item.get("retry"):
+                    entry["retry"] = True
             else:
                 entry["diversity_captions"] = item["diversity"]
                 entry["enriched"] = item["enriched"]
@@ -212,13 +235,57 @@ def _work_items(raw: list[Any], image_root: Path, path_field: str,
             item["skipped"] = "not a record"
         elif not isinstance(rec.get("captions"), list) or not [c for c in rec["captions"] if isinstance(c, str) and c.strip()]:
             item["skipped"] = "no captions"
-        elif not isinstance(rec.get(path_field), str) or not (image_root / rec[path_field]).is_file():
+        elif not isinstance(rec.get(path_field), str) or not rec[path_field]:
             item["skipped"] = "image missing"
         else:
-            item.update(captions=[c for c in rec["captions"] if isinstance(c, str)], image_id=rec[path_field],
-                        image_path=str(image_root / rec[path_field]))
+            path, refused = resolve_image(image_root, rec[path_field])
+            if refused:  # never read (nor sent to an MLLM server): outside the dataset, or no file name
+                item["skipped"] = f"image path refused: {refused}"
+            elif not _is_file(path):
+                item["skipped"] = "image missing"
+            else:
+                item.update(captions=[c for c in rec["captions"] if isinstance(c, str)], image_id=rec[path_field],
+                            image_path=str(path))
         items.append(item)
     return items
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a kill leaves the old file or the new one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_meta(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _journal_entries(path: Path) -> list[dict]:
+    """The journal's entries in file order; a line cut by a kill (the last one) is left out, and
+    that record is done again."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("index"), int):
+            out.append(entry)
+    return out
+
+
+def _is_file(path: Path | None) -> bool:
+    try:
+        return path is not None and path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _check_writable(out: Path) -> None:
@@ -302,12 +369,20 @@ def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto",
     items = _work_items(raw, image_root, path_field, split)
     if limit is not None:
         items = items[:limit]
+    refused = [it for it in items if it.get("skipped", "").startswith("image path refused")]
+    if refused and not skip_missing:
+        it = refused[0]
+        more = f"; {len(refused) - 1} more records too" if len(refused) > 1 else ""
+        raise DatasetError(f"{printable_path(annotation_path(root, fmt))}: record {it['index']} (image "
+                           f"{printable(str(raw[it['index']].get(path_field)), max_len=200)}): "
+                           f"{it['skipped'].split(': ', 1)[1]}{more}; pass --skip-missing to leave them out")
     missing = [it for it in items if it.get("skipped") == "image missing"]
     if missing and not skip_missing:
-        examples = ", ".join(str(raw[it["index"]].get(path_field)) for it in missing[:MISSING_EXAMPLES])
-        raise DatasetError(f"{annotation_path(root, fmt)}: {len(missing)} of {len(items)} image files of split "
-                           f"{split or 'all'} do not exist under {image_root} (e.g. {examples}); pass --skip-missing "
-                           f"to leave them out")
+        examples = ", ".join(printable(str(raw[it["index"]].get(path_field)), max_len=200)
+                             for it in missing[:MISSING_EXAMPLES])
+        raise DatasetError(f"{printable_path(annotation_path(root, fmt))}: {len(missing)} of {len(items)} image files "
+                           f"of split {split or 'all'} do not exist under {printable_path(image_root)} (e.g. "
+                           f"{examples}); pass --skip-missing to leave them out")
     journal_path = out.with_name(out.name + ".journal.jsonl")
     meta = {"dataset": str(root.resolve()), "format": fmt, "m": m, "seed": seed, "mllm": mllm.fingerprint, "limit": limit, "split": split,
             "min_confidence": min_confidence}
@@ -316,20 +391,21 @@ def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto",
     if restart:  # what an earlier run journalled is discarded, whatever its settings
         journal_path.unlink(missing_ok=True)
         meta_path.unlink(missing_ok=True)
+    retried = 0
     if journal_path.exists():
-        if not meta_path.exists() or json.loads(meta_path.read_text()) != meta:
-            raise RuntimeError(f"{journal_path} belongs to a run with other settings (or another MLLM); "
-                               "pass --restart to discard it, or choose another --out")
-        for line in journal_path.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill: that record is redone
+        if _read_meta(meta_path) != meta:
+            raise RuntimeError(f"{printable_path(journal_path)} belongs to a run with other settings (or another "
+                               "MLLM); pass --restart to discard it, or choose another --out")
+        for entry in _journal_entries(journal_path):
             done[entry["index"]] = entry
-        # drop a torn last line so appends start clean
-        journal_path.write_text("".join(json.dumps(done[i]) + "\n" for i in sorted(done)), encoding="utf-8")
+        retry = [i for i, e in done.items() if retryable(e)]
+        for i in retry:  # skipped while the MLLM was down: asked again
+            del done[i]
+        retried = len(retry)
+        # drop a torn last line (and the entries retried) so appends start clean
+        _atomic_text(journal_path, "".join(json.dumps(done[i]) + "\n" for i in sorted(done)))
     else:
-        meta_path.write_text(json.dumps(meta))
+        _atomic_text(meta_path, json.dumps(meta))
     work = [it for it in items if it["index"] not in done]
     t0 = time.perf_counter()
     bar = tqdm(total=len(items), initial=len(items) - len(work), desc="RDA", unit="record", disable=not progress,
@@ -341,13 +417,10 @@ def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto",
         build_graph().invoke({"cursor": 0}, context=ctx, config={"recursion_limit": steps})
     bar.close()
     seconds = time.perf_counter() - t0
-    for line in journal_path.read_text(encoding="utf-8").splitlines():
-        entry = json.loads(line)
+    for entry in _journal_entries(journal_path):
         done[entry["index"]] = entry
     records = [with_diversity(rec, done.get(i)) for i, rec in enumerate(raw)]
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(records), encoding="utf-8")
-    os.replace(tmp, out)
+    _atomic_text(out, json.dumps(records))
     skipped: dict[str, int] = {}
     for entry in done.values():
         if "skipped" in entry:
@@ -360,6 +433,7 @@ def run_rda(root: str | Path, out: str | Path, mllm: MLLM, format: str = "auto",
         annotations = {im["file_path"]: im for im in load_annotations(root)["images"]}
     report = {"out": str(out), "records": len(raw), "split": split or "all", "selected": len(items), "processed": len(done),
               "augmented": sum("diversity_captions" in e for e in done.values()), "skipped": skipped,
+              "retried_this_run": retried, "to_retry": sum(retryable(e) for e in done.values()),
               "seconds_this_run": round(seconds, 1),
               "records_per_second": round(len(work) / seconds, 1) if work and seconds > 0 else None,
               "mllm_calls": mllm.stats.snapshot(), "quality": quality(raw, done, annotations, path_field)}
@@ -416,10 +490,15 @@ def main(argv: list[str] | None = None) -> int:
         report = run_rda(args.dir, args.out, mllm, args.format, args.m, args.workers, args.limit, args.seed,
                          args.batch_size, not args.quiet, paraphraser, None if args.split == "all" else args.split,
                          args.min_confidence, restart=args.restart, skip_missing=args.skip_missing)
-    except (DatasetError, MLLMError, ValueError, FileNotFoundError, PermissionError, RuntimeError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    except (DatasetError, MLLMError, ValueError, OSError, RuntimeError) as e:
+        print(f"error: {printable(str(e).splitlines()[0] if str(e) else type(e).__name__)}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2))
+    down = mllm.unavailable
+    if down is not None and report["to_retry"]:
+        print(f"error: the MLLM stopped answering ({down.kind}: {printable(down)}); {report['to_retry']} records "
+              f"were skipped and will be tried again by the next run (same command)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from PIL import Image
+from tools.photos import PhotoError, read_photo
 
 #: thumbnail height in CSS pixels (SynthPedes photos are 128 x 256: shown at 96 x 192)
 THUMB_HEIGHT = 192
@@ -41,14 +41,13 @@ def _esc(value: object) -> str:
 def _thumb(path: Path, height: int = THUMB_HEIGHT) -> str:
     """A JPEG data URL of the photo scaled to ``height`` pixels tall ('' when it cannot be read)."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((4 * height, height))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=85)
-        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-    except (OSError, ValueError):
+        im = read_photo(path)  # upright, 8-bit: as indexed
+    except PhotoError:
         return ""
+    im.thumbnail((4 * height, height))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _file_url(path: Path) -> str:
@@ -189,4 +188,5 @@ def write_report(path: str | Path, state: dict, image_path: Callable[[str], Path
              ".settings table{border-collapse:collapse}.settings th,.settings td{text-align:left;padding:2px 10px;"
              "border-bottom:1px solid #eee}.legend ul{list-style:none;padding-left:0}.round{margin-top:1.5em}")
     Path(path).write_text(f"<!doctype html><html><head><meta charset=utf-8><title>{_esc(title)}</title>"
-                          f"<style>{style}</style></head><body>{''.join(parts)}</body></html>", encoding="utf-8")
+                          f"<style>{style}</style></head><body>{''.join(parts)}</body></html>", encoding="utf-8",
+                          errors="replace")  # a query from undecodable argv bytes holds lone surrogates

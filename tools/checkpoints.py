@@ -21,6 +21,11 @@ including small random-weight checkpoints with the same key layout. The input si
 image position table (193 = 24 x 8 patches + CLS at patch 16: 384x128, IRRA's input) and the text
 context from the text position table (77, or 168 for ICL's UFine6926 runs).
 
+Files are read with PyTorch's safe loader (tensors, plain containers and numbers; the optimizer and
+scheduler states these codebases save are such). A file holding other Python objects is refused in
+one line unless the user trusts it (``THI_TRUST_CHECKPOINTS=1`` or ``--trust-checkpoint``): unpickling
+it in full can run code carried in the file.
+
 >>> ckpt = read_checkpoint("best.pth")                 # doctest: +SKIP
 >>> ckpt.format, ckpt.has_tse, ckpt.context_length      # doctest: +SKIP
 ('rde', True, 77)
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -115,7 +121,21 @@ class Checkpoint:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def _load_object(path: Path) -> Any:
+#: Set to 1 to let files the safe loader refuses be unpickled in full (the CLIs' ``--trust-checkpoint``).
+TRUST_ENV = "THI_TRUST_CHECKPOINTS"
+
+
+def trusting() -> bool:
+    """Whether full (code-executing) unpickling was allowed: ``THI_TRUST_CHECKPOINTS=1``."""
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _load_object(path: Path, trust: bool | None = None) -> Any:
+    """The object a checkpoint file holds. ``.pt``/``.pth``/``.bin`` files are read with PyTorch's
+    safe loader (``weights_only=True``: tensors and plain containers and numbers, which covers
+    model weights and the optimizer and scheduler states of IRRA, RDE and ICL). A file it refuses
+    holds other Python objects, whose unpickling can run code carried in the file: it is read in
+    full only when ``trust`` (default :func:`trusting`), else refused in one line saying how."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -131,14 +151,23 @@ def _load_object(path: Path) -> Any:
                 return torch.jit.load(str(path), map_location="cpu").state_dict()
             except Exception:
                 raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") from None
-    # Training states (optimizer, scheduler) can hold objects the safe unpickler refuses. The file
-    # was named by the user; read it in full, and say so.
-    log.warning("%s holds objects beyond tensors (a training state); unpickling it in full: load only files you trust",
-                path)
+        refused = _refused_object(e)
+    if not (trusting() if trust is None else trust):
+        raise CheckpointError(f"{path}: refused: it holds Python objects beyond tensors and plain values"
+                              f"{refused}, and unpickling it in full can run code the file carries; if you trust "
+                              f"the file, set {TRUST_ENV}=1 (or pass --trust-checkpoint)")
+    log.warning("%s holds Python objects beyond tensors%s; unpickling it in full because %s=1: load only files you "
+                "trust", path, refused, TRUST_ENV)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise CheckpointError(f"{path}: cannot be unpickled ({_first_line(e)})") from None
+
+
+def _refused_object(e: BaseException) -> str:
+    """`` (e.g. argparse.Namespace)``: the global the safe loader refused, where its message names it."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    return f" (e.g. {found.group(1)})" if found else ""
 
 
 def _first_line(e: BaseException) -> str:

@@ -41,6 +41,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .photos import read_photo
+
 if TYPE_CHECKING:
     from .checkpoints import Checkpoint
 
@@ -442,12 +444,10 @@ RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.B
 def load_pixels(image: ImageInput, size: tuple[int, int], resample: str = "bicubic") -> np.ndarray:
     """Read an image and squash it to ``size`` (height, width) with the PIL filter ``resample``
     (``bicubic``: the shipped models; ``bilinear``: IRRA / RDE / ICL, torchvision's ``Resize``
-    default on PIL images): uint8 [H, W, 3]."""
-    if not isinstance(image, Image.Image):
-        with Image.open(image) as im:
-            image = im.convert("RGB")
-    elif image.mode != "RGB":
-        image = image.convert("RGB")
+    default on PIL images): uint8 [H, W, 3]. Read upright and as 8-bit RGB by
+    :func:`tools.photos.read_photo` (EXIF orientation, 16-bit grey); an unreadable file raises
+    :class:`tools.photos.PhotoError` (an ``OSError``) naming it."""
+    image = read_photo(image)
     h, w = size
     if image.size != (w, h):
         try:
@@ -711,7 +711,7 @@ class Embedder:
 
 def add_model_arguments(parser, image_size: bool = True, score: bool = True) -> None:
     """The model flags every CLI shares: ``--model``, ``--pretrained``, ``--image-size H W``,
-    ``--random-weights``, ``--device`` and (``score``) ``--score``."""
+    ``--random-weights``, ``--trust-checkpoint``, ``--device`` and (``score``) ``--score``."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="shipped model name, open_clip architecture (e.g. ViT-B-16-quickgelu) or local-dir:PATH "
                              "(default %(default)s; with --pretrained BEST.PTH of IRRA/RDE/ICL and no --model, the "
@@ -725,6 +725,10 @@ def add_model_arguments(parser, image_size: bool = True, score: bool = True) -> 
                                  "research checkpoints)")
     parser.add_argument("--random-weights", action="store_true",
                         help="run an architecture that has no weights on random weights (pipeline tests only)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="unpickle a --pretrained file in full when it holds Python objects beyond tensors and "
+                             "plain values (this can run code the file carries; refused by default; the same as "
+                             "THI_TRUST_CHECKPOINTS=1)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
     if score:
         parser.add_argument("--score", choices=("bge", "tse", "fused"),
@@ -735,6 +739,10 @@ def add_model_arguments(parser, image_size: bool = True, score: bool = True) -> 
 
 def embedder_from_args(args, **kwargs) -> "Embedder":
     """An :class:`Embedder` from the flags of :func:`add_model_arguments`."""
+    if getattr(args, "trust_checkpoint", False):
+        from .checkpoints import TRUST_ENV
+
+        os.environ[TRUST_ENV] = "1"  # the process is the one command the user trusted the file for
     size = getattr(args, "image_size", None)
     return Embedder(args.model, args.pretrained, device=args.device, image_size=tuple(size) if size else None,
                     allow_random=getattr(args, "random_weights", False), **kwargs)

@@ -42,6 +42,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from .embedder import Embedder, default_home
+from .photos import PHOTO_GONE, file_stamp, photo_changed
+from .text import printable, printable_path
 from .tse import SCORES, TSEError, similarity
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,14 @@ class GalleryItem:
     id: str
     path: Path
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def make_client(data_dir: str | Path | None = None, url: str | None = None):
@@ -111,8 +121,13 @@ def collection_name(image_set: str, embedder_name: str, fingerprint: str) -> str
 def folder_items(folder: str | Path) -> tuple[list[GalleryItem], list[Path]]:
     """Image files under ``folder`` (recursively) and the other files found there."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise GalleryError(f"{folder}: {'a file, not a folder of images' if folder.exists() else 'gallery folder not found'}")
+    try:
+        found = folder.is_dir()
+    except (OSError, ValueError) as e:  # a name too long for the file system
+        raise GalleryError(f"{printable_path(folder)[:300]}: not a usable folder path ({printable(e)[:200]})") from None
+    if not found:
+        what = "a file, not a folder of images" if folder.exists() else "gallery folder not found"
+        raise GalleryError(f"{printable_path(folder)[:300]}: {what}")
     images, others = [], []
     for p in sorted(folder.rglob("*")):
         if not p.is_file() or p.name.startswith("."):
@@ -244,27 +259,40 @@ class Gallery:
         if formats:
             check_scope(embedder, sorted(formats)[0] if formats != {"synthpedes"} else "synthpedes",
                         f"gallery {(self.collection.metadata or {}).get('image_set', self.name)!r}")
+        skipped: list[str] = []
+        storable = []
+        for it in items:  # Chroma stores UTF-8 only: a file name that is not (surrogate-escaped bytes) is named and left out
+            if _utf8(it.id) and _utf8(str(it.path)) and all(_utf8(v) for v in it.metadata.values() if isinstance(v, str)):
+                storable.append(it)
+            else:
+                log.warning("skipping %s: its name is not valid UTF-8 (rename the file to index it)", printable_path(it.path))
+                skipped.append(printable_path(it.path))
         present = self.ids()
-        todo = [it for it in items if it.id not in present]
+        refreshed = self._drop_changed(storable, present)
+        present -= refreshed
+        todo = [it for it in storable if it.id not in present]
         limit = max(1, min(chunk_size, self._max_batch()))
-        added, skipped = 0, []
+        added = 0
         bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"indexing {self.name}", unit="img",
                    disable=not progress)
         for start in range(0, len(todo), limit):
             chunk = todo[start:start + limit]
-            ok, pixels = [], []
+            ok, pixels, stamps = [], [], []
             for it in chunk:
+                stamp = file_stamp(it.path)  # before reading: a file changed meanwhile shows as changed later
                 try:
                     pixels.append(embedder.load_pixels(it.path))
                     ok.append(it)
+                    stamps.append(stamp or {})
                 except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-                    log.warning("skipping unreadable image %s (%s)", it.path, str(e).splitlines()[0] if str(e) else type(e).__name__)
-                    skipped.append(str(it.path))
+                    log.warning("skipping unreadable image %s (%s)", printable_path(it.path),
+                                printable(str(e).splitlines()[0] if str(e) else type(e).__name__))
+                    skipped.append(printable_path(it.path))
             if ok:
                 parts = [embedder.encode_pixels(np.stack(pixels[i:i + embedder.batch_size]), with_tse=self.has_tse)
                          for i in range(0, len(pixels), embedder.batch_size)]
                 chunk_ids = [it.id for it in ok]
-                metas = [it.metadata or {"path": str(it.path)} for it in ok]
+                metas = [{**(it.metadata or {"path": str(it.path)}), **stamp} for it, stamp in zip(ok, stamps)]
                 if self.has_tse:
                     # TSE first: an id in the main collection always has its TSE embedding too
                     self.tse_collection.upsert(ids=chunk_ids, embeddings=np.concatenate([p[1] for p in parts]),
@@ -277,7 +305,31 @@ class Gallery:
             bar.update(len(chunk))
         bar.close()
         self._cache = {}
-        return {"added": added, "present": len(items) - len(todo), "skipped": skipped, "total": self.count()}
+        return {"added": added, "present": len(storable) - len(todo), "refreshed": len(refreshed), "skipped": skipped,
+                "total": self.count()}
+
+    def _drop_changed(self, items: Sequence[GalleryItem], present: set[str]) -> set[str]:
+        """Remove the entries of ``items`` whose file changed, emptied or vanished since it was
+        indexed (its stored size and time differ; :func:`tools.photos.photo_changed`), so that they
+        are embedded again (or, unreadable now, left out). Returns their ids."""
+        if not present:
+            return set()
+        got = self.collection.get(include=["metadatas"])
+        stored = {i: (m or {}) for i, m in zip(got["ids"], got["metadatas"])}
+        changed = [it.id for it in items if it.id in stored and photo_changed(it.path, stored[it.id])]
+        listed = {it.id for it in items}
+        # photos no longer in the set and gone from the disk (a folder's deleted files) leave too
+        changed += sorted(i for i, m in stored.items()
+                          if i not in listed and "path" in m and photo_changed(m["path"], m) == PHOTO_GONE)
+        if changed:
+            log.warning("%d photos changed or vanished since indexing (e.g. %s); indexing them again", len(changed),
+                        printable(changed[0]))
+            for start in range(0, len(changed), self._max_batch()):
+                part = changed[start:start + self._max_batch()]
+                self.collection.delete(ids=part)  # main first: an id in it always has its TSE embedding
+                if self.has_tse:
+                    self.tse_collection.delete(ids=part)
+        return set(changed)
 
     def _max_batch(self) -> int:
         try:
@@ -428,7 +480,7 @@ def items_for(source: str | Path, split: str = "test", format: str = "auto",
     if fmt is None:
         images, others = folder_items(source)
         for p in others:
-            log.warning("skipping %s: not an image file", p)
+            log.warning("skipping %s: not an image file", printable_path(p))
         if not images:
             raise GalleryError(f"{source}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
         return image_set_name(source), [GalleryItem(it.id, it.path, {**it.metadata, "format": "folder"})
@@ -496,9 +548,9 @@ def main(argv: list[str] | None = None) -> int:
             hits = gallery.search(q["bge"][0], args.k, text_tse=q["tse"][0] if "tse" in q else None, score=score)
             for rank, (image_id, value) in enumerate(hits, 1):
                 meta = gallery.metadata(image_id)
-                print(f"{rank:3d}  {value:.4f}  {image_id}  pid={meta.get('pid', '-')}")
-    except (GalleryError, EmbedderError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
+                print(f"{rank:3d}  {value:.4f}  {printable(image_id)}  pid={meta.get('pid', '-')}")
+    except (GalleryError, EmbedderError, DatasetError, ValueError) as e:  # ValueError: -k 0
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 1
     return 0
 

@@ -69,9 +69,11 @@ class GalleryIndex:
         return scores
 
     def image(self, image_id: str) -> ImageRef:
-        """The image's id and file path (``KeyError`` for an id not in the gallery)."""
+        """The image's id, file path and, where indexing recorded it, the file's size and time (so a
+        photo changed since is skipped, not judged) (``KeyError`` for an id not in the gallery)."""
         meta = self.metadatas[self.position[image_id]]
-        return ImageRef(image_id, Path(meta["path"]))
+        stamp = (meta["bytes"], meta["mtime_ns"]) if "bytes" in meta and "mtime_ns" in meta else None
+        return ImageRef(image_id, Path(meta["path"]), stamp)
 
     def pid(self, image_id: str) -> int | None:
         """The person id of the image, when the gallery knows it."""

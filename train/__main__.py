@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import fields
 
 from data.readers import FORMAT_NAMES, DatasetError
 from tools.cliargs import ArgumentParser, int_at_least, non_negative_int, positive_float, positive_int, unit_float
+from tools.checkpoints import TRUST_ENV
+from tools.text import printable
 
 from .loop import TrainConfig, TrainingError, fit
 
@@ -69,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=d.workers, help="image loading threads")
     p.add_argument("--skip-missing", action="store_true",
                    help="leave out train/val records whose image file is missing (warns); other splits are not read")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle an --init file in full when it holds Python objects beyond tensors and plain values "
+                        "(this can run code the file carries; refused by default; the same as THI_TRUST_CHECKPOINTS=1)")
     p.add_argument("--restart", action="store_true", help="discard a previous run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -76,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.trust_checkpoint:
+        os.environ[TRUST_ENV] = "1"
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if args.pretrain_world and len(args.pretrain_world) == 1:
         args.pretrain_world = args.pretrain_world[0]  # one world: the same run identity as before lists existed
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                       format=args.format, device=args.device, annotation_file=args.annotations,
                       progress=not args.quiet, restart=args.restart, skip_missing=args.skip_missing)
     except (DatasetError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 1
     print(json.dumps(summary))
     return 0

@@ -5,6 +5,13 @@ The output folder is an open_clip ``local-dir`` model (``open_clip_config.json``
 last finished epoch: model, optimiser, schedule; a killed run resumes from it), ``metrics.jsonl``
 (one line per epoch) and ``train_config.json``.
 
+The weights, ``state.pt`` and ``train_config.json`` are replaced atomically and ``metrics.jsonl`` is
+rewritten from the state when a run starts, so a run killed at any point (``kill -9`` included) and
+started again with the same command resumes after its last finished epoch, no epoch listed twice. Each epoch's randomness (batch
+order, augmentation) is seeded by the seed and the epoch, so the resumed run ends with the weights
+and ``metrics.jsonl`` (all but ``seconds``) of an uninterrupted run on the same machine and device
+(``tests/test_reliability_resume.py``). ``state.pt`` is read with PyTorch's safe loader.
+
 >>> summary = fit("synthpedes", "runs/small", TrainConfig(epochs=2), model="synthpedes-small", scratch=True)  # doctest: +SKIP
 """
 
@@ -286,7 +293,13 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
     start_epoch, best, history, elapsed = 0, None, [], 0.0
     pretrain_report = None
     if state_path.exists():
-        state = torch.load(state_path, map_location=dev, weights_only=False)
+        # the state is tensors and plain values only: the safe loader reads it (and a file swapped
+        # in by someone else cannot run code)
+        try:
+            state = torch.load(state_path, map_location=dev, weights_only=True)
+        except Exception as e:  # torch raises pickle, zip and runtime errors alike
+            raise TrainingError(f"{state_path}: cannot be read to resume ({str(e).splitlines()[0][:200]}); pass "
+                                f"--restart to start over") from None
         clip.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if head is not None and state.get("head"):
@@ -296,7 +309,10 @@ def fit(dataset_dir: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig
         start_epoch, best, history, elapsed = state["epoch"] + 1, state["best"], state["history"], state["seconds"]
         pretrain_report = state.get("pretrain")
         log.info("resuming %s after epoch %d", out, state["epoch"] + 1)
-    (out / "train_config.json").write_text(json.dumps(run_identity, indent=2))
+    # metrics.jsonl holds exactly the epochs the state holds: a kill between appending an epoch's line
+    # and saving its state leaves a line for an epoch that is done again
+    _atomic_write(out / "metrics.jsonl", lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in history)))
+    _atomic_write(out / "train_config.json", lambda p: p.write_text(json.dumps(run_identity, indent=2)))
     config_json = loaded.config or model_config(model)  # a research checkpoint's own shapes where --init is one
     autocast, precision = _autocast(dev, cfg.precision)
     log.info("precision %s on %s", precision, dev)

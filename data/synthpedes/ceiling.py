@@ -15,13 +15,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tools.attributes import IMAGE_SLOTS, SLOT_NAMES, SLOTS
+from tools.text import printable
 
 _VALUE_INDEX = {slot: {v: i for i, v in enumerate(SLOTS[slot].values)} for slot in SLOT_NAMES}
 
@@ -44,15 +44,29 @@ class SplitAnnotations:
 
 
 def load_annotations(root: str | Path) -> dict:
+    """attributes.json of a SynthPedes folder. Every image's ``file_path`` must lie inside the
+    folder's ``imgs/`` (:func:`data.readers.resolve_image`): callers read those files.
+
+    Raises:
+        AnnotationError: one line: the file is missing, malformed, or an image path is refused.
+    """
+    from data.readers import DatasetError, load_json, resolve_image
+
     path = Path(root) / "attributes.json"
-    if not path.is_file():
-        raise AnnotationError(f"{path}: file not found (not a SynthPedes folder?)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+        data = load_json(path, "SynthPedes attribute file")
+    except DatasetError as e:
+        raise AnnotationError(f"{e}{' (not a SynthPedes folder?)' if 'not found' in str(e) else ''}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise AnnotationError(f"{path}: expected an object with an 'images' list")
+    image_root = (Path(root) / "imgs").resolve()
+    for n, im in enumerate(data["images"]):
+        rel = im.get("file_path") if isinstance(im, dict) else None
+        if not isinstance(rel, str) or not rel:
+            raise AnnotationError(f"{path}: image {n} has no 'file_path' string")
+        if resolve_image(image_root, rel)[1] is not None:
+            raise AnnotationError(f"{path}: image {n}: file_path {printable(rel, max_len=120)!r}: "
+                                  f"{resolve_image(image_root, rel)[1]}")
     return data
 
 

@@ -30,7 +30,7 @@ from ..config import THIConfig
 from ..server import Live
 from ..state import RoundRecord, THIState
 from .policy import (CONVERGED, NO_ANCHOR, NOTHING_NEW, ROUND_LIMIT, Answerer, Policy, Route, check_candidate,
-                     disagreement_questions, same_top, verifications)
+                     disagreement_questions, prefetch, same_top, verifications)
 
 
 def _verifications_after_anchor(rounds: list[RoundRecord]) -> int:
@@ -69,7 +69,7 @@ class AdaptivePolicy(Policy):
             chosen = self.inspector.search_order(ranking_ids, current, cfg.anchor_depth)[:budget]
             for n, image_id in enumerate(chosen):
                 if n % cfg.verify_per_round == 0:  # read a few photos at once, not the whole depth
-                    live.mllm.prefetch([live.index.image(i) for i in chosen[n: n + cfg.verify_per_round]])
+                    prefetch(live, chosen[n: n + cfg.verify_per_round])
                 ins = check(image_id)
                 if self.inspector.accepts(ins["match"], ins["confidence"]):
                     anchor = image_id
@@ -81,7 +81,7 @@ class AdaptivePolicy(Policy):
         else:
             budget = max(0, cfg.verify_budget - verifications(state["rounds"]))
         chosen = self.inspector.candidates(ranking_ids, current)[:budget]
-        live.mllm.prefetch([live.index.image(i) for i in chosen])
+        prefetch(live, chosen)
         for image_id in chosen:
             check(image_id)
         if anchor is None:  # batch search: the anchor is picked among this round's verdicts

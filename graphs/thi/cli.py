@@ -37,7 +37,7 @@ from tools.embedder import EmbedderError, add_model_arguments, embedder_from_arg
 from tools.gallery import GalleryError
 from tools.index import GalleryIndex
 from tools.mllm import BACKENDS, MLLMError
-from tools.text import printable
+from tools.text import printable, printable_path
 
 from ..config import THIConfig, THIContext, fusion_weight_field
 from ..demo import open_gallery
@@ -281,19 +281,19 @@ def _print_round(r: dict, above_one: str | None = None, rank: int | None = None,
     shown, rest = by_rank[:SHOWN_CHECKS], by_rank[SHOWN_CHECKS:]
     for i in shown:
         verdict = "yes" if i["match"] else "no" if i["match"] is not None else "skipped"
-        print(f"  verify #{i['rank']} {i['id']}: {verdict} ({i['confidence']:.2f}) {i['reason']}")
+        print(f"  verify #{i['rank']} {printable(i['id'])}: {verdict} ({i['confidence']:.2f}) {printable(i['reason'])}")
     if rest:
         print(f"  ... {len(rest)} more checked, {sum(bool(i['match']) for i in rest)} of them fit (see --json or --trace)")
-    print(f"  anchor: {r['anchor'] or '-'}")
+    print(f"  anchor: {printable(r['anchor']) or '-'}")
     for a in r["answers"]:
-        value = a["value"] if a["value"] is not None else "cannot tell"
+        value = printable(a["value"]) if a["value"] is not None else "cannot tell"
         said = f" (said: {printable(a['text'], max_len=120)!r})" if a.get("text") and a["text"] != a["value"] else ""
-        print(f"  Q: {a['question']}  A: {value}{said}  [{a['source']}]")
+        print(f"  Q: {printable(a['question'])}  A: {value}{said}  [{printable(a['source'])}]")
     if r["rewritten_query"]:
-        print(f"  rewritten query: {r['rewritten_query']}")
+        print(f"  rewritten query: {printable(r['rewritten_query'])}")
     for note in r["notes"]:
-        print(f"  note: {note}")
-    print("  top-k: " + ", ".join(f"{c['id']} ({c['score']:.3f})" for c in r["topk"]))
+        print(f"  note: {printable(note)}")
+    print("  top-k: " + ", ".join(f"{printable(c['id'])} ({c['score']:.3f})" for c in r["topk"]))
     if known:
         print(_rank_line(rank, rank_before))
     if above_one and any(c["score"] > 1 for c in r["topk"]):
@@ -327,14 +327,14 @@ def _ask_terminal(payload: dict) -> dict:
     """Ask the person the round's questions at the terminal; the resume value
     (``agents.users.Resume``)."""
     if payload.get("error"):
-        _say(f"note: {payload['error']}")
+        _say(f"note: {printable(payload['error'])}")
     _say(f"\nRound {payload['round']}: the top candidates are")
     for c in payload["top"][:5]:
-        _say(f"  #{c['rank']} {c['id']}  {c['score']:.3f}  {printable(str(c['path']))}")
+        _say(f"  #{c['rank']} {printable(c['id'])}  {c['score']:.3f}  {printable_path(c['path'])}")
     _say("Answer each question in your own words (Enter or 'skip' to skip, 'done' to finish):")
     answers = {}
     for q in payload["questions"]:
-        text = _read(f"  {q['question']} [{'/'.join(q['options'])}] ")
+        text = _read(f"  {printable(q['question'])} [{'/'.join(printable(o) for o in q['options'])}] ")
         if text is None or text.lower() in ("done", "finish", "quit", "q"):
             return {"answers": answers, "finish": True}
         answers[q["slot"]] = text or "skip"
@@ -559,8 +559,9 @@ def _print_result(result: dict, cfg: THIConfig, mllm, index: GalleryIndex, usage
         _print_demo_header(case, folder, split, cfg.k)
     print(f"query: {printable(result['query'])}")
     if result.get("truncated"):
-        print(f"note: the text encoder does not see the end of the query: {result['truncated']!r}")
-    print("round 0 (retrieval): " + ", ".join(f"{c['id']} ({c['score']:.3f})" for c in result["original_ranking"][: cfg.k]))
+        print(f"note: the text encoder does not see the end of the query: {printable(result['truncated'])!r}")
+    print("round 0 (retrieval): " + ", ".join(f"{printable(c['id'])} ({c['score']:.3f})"
+                                             for c in result["original_ranking"][: cfg.k]))
     if ranks is not None:
         print(_rank_line(ranks[0]))
     for n, r in enumerate(result["rounds"], 1):
@@ -573,7 +574,7 @@ def _print_result(result: dict, cfg: THIConfig, mllm, index: GalleryIndex, usage
     for n, c in enumerate(result["ranking"][: cfg.k], 1):
         meta = index.metadatas[index.position[c["id"]]]
         mark = "  <- the true person" if case is not None and meta.get("pid") == case.pid else ""
-        print(f"  {n:2d}. {c['score']:.4f}  {c['id']}  {printable(str(meta.get('path', '')))}{mark}")
+        print(f"  {n:2d}. {c['score']:.4f}  {printable(c['id'])}  {printable_path(meta.get('path', ''))}{mark}")
     if ranks is not None:
         print(f"true person: rank {ranks[0]} by retrieval alone, rank {ranks[-1]} after THI "
               f"({len(result['rounds'])} round(s)); known only because the gallery is annotated")

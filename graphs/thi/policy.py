@@ -27,6 +27,7 @@ Policies: :mod:`.paper` (ICL's algorithm), :mod:`.adaptive` (ours, without a use
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Literal, Protocol
 
@@ -40,6 +41,8 @@ from tools.mllm.base import Answer, MLLMError
 from ..config import THIConfig
 from ..server import Live
 from ..state import Inspection, RoundRecord, THIState
+
+log = logging.getLogger(__name__)
 
 #: Stop reasons (the ``stopped_because`` values).
 CONVERGED = "converged: the top-k did not change"
@@ -174,6 +177,19 @@ def verify(live: Live, image_id: str, rank: int, text: str) -> Inspection:
                 "cached": bool(v.cached)}
     return {"id": image_id, "rank": rank, "match": bool(v.match), "confidence": round(float(v.confidence), 4),
             "reason": v.reason, "cached": bool(v.cached), "confidence_from": v.confidence_from}
+
+
+def prefetch(live: Live, image_ids: list[str]) -> None:
+    """Let the backend read these candidates' photos in one pass (a hint, not a call). Photos that
+    changed or vanished since indexing are left out, and a photo that cannot be read only costs the
+    batch: each candidate is then read on its own, where a failure is that step's note."""
+    refs = [ref for ref in (live.index.image(i) for i in image_ids) if not ref.changed()]
+    if not refs:
+        return
+    try:
+        live.mllm.prefetch(refs)
+    except (OSError, MLLMError) as e:
+        log.info("batched reading of %d photos failed (%s); reading them one by one", len(refs), e)
 
 
 def skipped(image_id: str, rank: int, error: MLLMError) -> Inspection:

@@ -36,7 +36,7 @@ from ..config import THIConfig
 from ..server import Live
 from ..state import RoundRecord, THIState
 from .policy import (CONVERGED, NOTHING_NEW, ROUND_LIMIT, USER_FINISHED, Answerer, Policy, Route, check_candidate,
-                     disagreement_questions, known, same_top, skipped, verifications)
+                     disagreement_questions, known, prefetch, same_top, skipped, verifications)
 
 
 def person_description(state: THIState) -> str | None:
@@ -75,7 +75,7 @@ class WithUserPolicy(Policy):
         budget = max(0, self.config.user_verify_budget - verifications(state["rounds"]))
         ranking_ids = [c["id"] for c in state["ranking"]]
         chosen = self.inspector.candidates(ranking_ids, checked)[:budget]
-        live.mllm.prefetch([live.index.image(i) for i in chosen])
+        prefetch(live, chosen)
         facts = known(state)
         for image_id in chosen:
             rank = ranking_ids.index(image_id) + 1
@@ -108,7 +108,7 @@ class WithUserPolicy(Policy):
         person_text = person_description(state)
         budget = max(0, self.config.user_verify_budget - verifications(state["rounds"]))
         chosen = self.inspector.candidates(ranking_ids, current)[:budget]
-        live.mllm.prefetch([live.index.image(i) for i in chosen])
+        prefetch(live, chosen)
         for image_id in chosen:
             check_candidate(live, image_id, ranking_ids, text, pending, verified, person_text)
         if anchor is None:  # the anchor is picked among this round's verdicts

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from tools.attributes import NONE, SLOTS, phrase
+from tools.photos import PhotoError, photo_changed
 from tools.text import printable
 from tools.tracing import child_run
 
@@ -50,7 +51,8 @@ class MLLMError(RuntimeError):
     is open after an earlier ``unreachable``/``timeout``), ``rejected-image`` (the server refused
     this photo; it is not sent again), ``bad-image`` (the photo cannot be read or encoded),
     ``bad-reply`` (the server's body is not a usable chat completion), ``unparseable``, ``refused``,
-    ``load`` (a local model cannot be loaded), ``error`` (anything else).
+    ``load`` (a local model cannot be loaded), ``stale-image`` (not tried: the photo was deleted,
+    emptied or replaced since it was indexed), ``error`` (anything else).
 
     The message is one line with control characters and escape sequences removed (it may quote
     the server).
@@ -63,10 +65,19 @@ class MLLMError(RuntimeError):
 
 @dataclass(frozen=True)
 class ImageRef:
-    """A gallery image: its stable id (cache key) and where to read it."""
+    """A gallery image: its stable id (cache key) and where to read it; ``stamp`` is the file's
+    ``(bytes, mtime_ns)`` when it was indexed (None: not recorded), so that a photo deleted, emptied
+    or replaced since is not judged as if it were the one indexed (:meth:`changed`)."""
 
     id: str
     path: Path
+    stamp: tuple[int, int] | None = field(default=None, compare=False)
+
+    def changed(self) -> str | None:
+        """Why the file is no longer the photo indexed (gone, empty, other size or time), or None."""
+        if self.stamp is None:
+            return None
+        return photo_changed(self.path, {"bytes": self.stamp[0], "mtime_ns": self.stamp[1]})
 
 
 @dataclass
@@ -185,6 +196,10 @@ class CallMeter:
 
 
 _METERS: contextvars.ContextVar[tuple[CallMeter, ...]] = contextvars.ContextVar("thi_mllm_meters", default=())
+#: the backend whose call is running: a backend wrapping another (a noisy verifier, a test double)
+#: makes one call, not two, on the meters; a backend's own extra request (the person check inside
+#: a verification) is a call of its own
+_IN_CALL: contextvars.ContextVar[object | None] = contextvars.ContextVar("thi_mllm_in_call", default=None)
 
 
 @contextmanager
@@ -316,6 +331,7 @@ class MLLM(ABC):
     # -- the interface ---------------------------------------------------------------------
 
     def verify(self, image: ImageRef, text: str) -> Verdict:
+        _check_unchanged(image)
         key = (self.name, image.id, "verify", text)
         hit = self._get(key)
         if hit is not None:
@@ -328,6 +344,7 @@ class MLLM(ABC):
         unknown = [s for s in slots if s not in SLOTS]
         if unknown:
             raise ValueError(f"unknown attribute slots: {unknown}")
+        _check_unchanged(image)
         answers: dict[str, Answer] = {}
         missing = []
         for s in slots:
@@ -376,7 +393,8 @@ class MLLM(ABC):
     def _timed(self, kind: str, fn, *args):
         """Run one call: counted and timed as a call when it returns, as a failure (by error kind)
         when it raises :class:`MLLMError`. Fails at once when the dialogue deadline has passed."""
-        meters = _METERS.get()
+        running = _IN_CALL.get()
+        meters = _METERS.get() if running is None or running is self else ()
         with child_run(f"mllm.{kind}", _trace_inputs(args), tags=("mllm",),
                        metadata={"mllm_backend": self.name, **self._trace_metadata()}) as run:
             t0 = time.perf_counter()
@@ -384,7 +402,13 @@ class MLLM(ABC):
                 deadline = _DEADLINE.get()
                 if deadline is not None and deadline.expired:
                     raise deadline.error()
-                result = fn(*args)
+                nested = _IN_CALL.set(self if running is None else running)
+                try:
+                    result = fn(*args)
+                except PhotoError as e:  # the photo cannot be read (a backend reading it itself)
+                    raise MLLMError(str(e), kind="bad-image") from None
+                finally:
+                    _IN_CALL.reset(nested)
             except MLLMError as e:
                 ms = (time.perf_counter() - t0) * 1000
                 with self._lock:
@@ -421,7 +445,7 @@ class MLLM(ABC):
             hit = self._cache.get(key)
             if hit is not None:
                 self.stats.cache_hits += 1
-        if hit is not None:
+        if hit is not None and _IN_CALL.get() in (None, self):
             for meter in _METERS.get():
                 meter._hit()
         return hit
@@ -465,6 +489,12 @@ def _trace_outputs(result: object) -> dict:
     if isinstance(result, (str, bool)):
         return {"output": result}
     return {}
+
+
+def _check_unchanged(image: ImageRef) -> None:
+    reason = image.changed() if isinstance(image, ImageRef) else None
+    if reason:
+        raise MLLMError(f"{image.id}: {reason}", kind="stale-image")
 
 
 def grammar_merge(query: str, facts: Sequence[Answer], budget: int | None = None,

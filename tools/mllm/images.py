@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tools.photos import PhotoError, read_photo
 
 from .base import MLLMError
 
@@ -112,49 +113,15 @@ class PreparedImage:
 
 
 def load_rgb(source: str | Path | bytes | Image.Image) -> Image.Image:
-    """An upright 8-bit RGB copy of a photo (a path, encoded bytes or a PIL image).
-
-    EXIF orientation is applied; 16-bit and 32-bit integer grey is scaled to 8 bits (Pillow's own
-    ``convert`` clips it to white); float grey is taken as 0-1 when it stays within it, else 0-255;
-    transparency is flattened onto white. Raises :class:`MLLMError` (kind ``bad-image``) when the
-    file cannot be read or decoded.
+    """An upright 8-bit RGB copy of a photo (a path, encoded bytes or a PIL image), read by
+    :func:`tools.photos.read_photo` (the project's one reading function): EXIF orientation applied,
+    16-bit and 32-bit grey scaled to 8 bits, transparency flattened onto white. Raises
+    :class:`MLLMError` (kind ``bad-image``) when the file cannot be read or decoded.
     """
     try:
-        if isinstance(source, Image.Image):
-            im = source
-            im.load()
-        else:
-            raw = source if isinstance(source, bytes) else Path(source).read_bytes()
-            im = Image.open(BytesIO(raw))
-            im.load()
-        im = ImageOps.exif_transpose(im) or im
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        name = "image bytes" if isinstance(source, bytes) else str(source)
-        raise MLLMError(f"cannot read image {name}: {e}", kind="bad-image") from None
-    return _to_rgb(im)
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    mode = im.mode
-    if mode == "RGB":
-        return im
-    if mode.startswith("I;16") or mode == "I":
-        a = np.asarray(im).astype(np.float64)
-        # 16-bit data (all "I;16*" modes, and "I" images holding values past 8 bits): 0-65535
-        scale = 257.0 if (mode.startswith("I;16") or a.max(initial=0) > 255) else 1.0
-        grey = np.clip(np.rint(a / scale), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    if mode == "F":
-        a = np.asarray(im).astype(np.float64)
-        if np.isfinite(a).all() and a.min(initial=0) >= 0 and a.max(initial=0) <= 1.0:
-            a = a * 255.0
-        grey = np.clip(np.rint(np.nan_to_num(a)), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
+        return read_photo(source)
+    except PhotoError as e:
+        raise MLLMError(str(e), kind="bad-image") from None
 
 
 def _snap(x: float, factor: int, lo: int, how) -> int:
