@@ -25,6 +25,7 @@ from langgraph.runtime import Runtime
 from agents.rewriter import Rewriter
 from tools.attributes import SLOTS
 from tools.mllm.base import Answer, MLLMError, grammar_merge
+from tools.index import RowFilter
 from tools.mllm.parser import parse
 
 from ..config import THIConfig, THIContext
@@ -32,7 +33,9 @@ from ..server import Live, resolve
 from ..state import Candidate, QA, RoundRecord, THIState
 from .adaptive import AdaptivePolicy
 from .paper import PaperPolicy
+from . import scoring
 from .policy import Policy, Route, answerer_for
+from .scoring import Fusion, Term
 from .with_user import WithUserPolicy
 
 log = logging.getLogger(__name__)
@@ -55,27 +58,21 @@ def _run(runtime: Runtime[THIContext]) -> tuple[Live, Policy]:
 
 
 # -------------------------------------------------------------------------------------------
-# scoring
+# scoring: each query's full-gallery scores are computed once (the index keeps them); a round
+# ranks a shortlist of them exactly (see scoring.py)
 
 
-def _top(scores: np.ndarray, ids: list[str], n: int) -> list[Candidate]:
-    n = min(n, int(np.isfinite(scores).sum()))
-    if n == 0:
-        return []
-    part = np.argpartition(-scores, n - 1)[:n]
-    order = part[np.argsort(-scores[part], kind="stable")]
-    return [{"id": ids[i], "score": round(float(scores[i]), 6)} for i in order]
+def _filter(live: Live) -> RowFilter | None:
+    return live.index.row_filter(live.allowed)
 
 
-def _masked(scores: np.ndarray, live: Live) -> np.ndarray:
-    if live.allowed is None:
-        return scores
-    keep = np.fromiter((i in live.allowed for i in live.index.ids), bool, len(live.index.ids))
-    return np.where(keep, scores, -np.inf)
+def _candidates(rows: np.ndarray, scores: np.ndarray, ids) -> list[Candidate]:
+    return [{"id": ids[int(r)], "score": round(float(s), 6)} for r, s in zip(rows, scores)]
 
 
-def _scores(state: THIState, live: Live, policy: Policy) -> np.ndarray:
-    return _masked(policy.fuse(state, live), live)
+def _ranking(fusion: Fusion, live: Live) -> list[Candidate]:
+    rows, scores = scoring.top(fusion, live.index, live.config.shortlist, _filter(live))
+    return _candidates(rows, scores, live.index.ids)
 
 
 def final_scores(state: THIState, ctx: THIContext) -> np.ndarray:
@@ -83,17 +80,7 @@ def final_scores(state: THIState, ctx: THIContext) -> np.ndarray:
     recorded in ``state``, recomputed from its plain values (so a checkpointed dialogue and a
     benchmark get the same numbers). Images outside the context's metadata filter score -inf."""
     live = resolve(ctx)
-    return _scores(state, live, policy_for(live))
-
-
-def _target_rank(scores: np.ndarray, live: Live) -> int | None:
-    if live.target_pid is None:
-        return None
-    pids = np.asarray([m.get("pid", -1) for m in live.index.metadatas])
-    hit = pids == live.target_pid
-    if not hit.any():
-        return None
-    return int((scores > scores[hit].max()).sum()) + 1
+    return scoring.full(policy_for(live).fusion(state, live), live.index, _filter(live))
 
 
 # -------------------------------------------------------------------------------------------
@@ -126,8 +113,7 @@ def retrieve(state: THIState, runtime: Runtime[THIContext]) -> dict:
     query = state["query"]
     if not isinstance(query, str) or not query.strip():
         raise ValueError("the query is empty")
-    scores = _masked(live.index.scores(query), live)
-    ranking = _top(scores, live.index.ids, live.config.shortlist)
+    ranking = _ranking(Fusion([Term(1.0, ("text", query))]), live)
     if not ranking:
         raise ValueError("no gallery image matches the metadata filter")
     embedder = live.index.embedder
@@ -202,10 +188,10 @@ def rewrite(state: THIState, runtime: Runtime[THIContext]) -> dict:
 
 def re_retrieve(state: THIState, runtime: Runtime[THIContext]) -> dict:
     live, policy = _run(runtime)
-    scores = _scores(state, live, policy)
+    fusion = policy.fusion(state, live)
     pending = dict(state["pending"])
-    pending["target_rank"] = _target_rank(scores, live)
-    return {"ranking": _top(scores, live.index.ids, live.config.shortlist), "pending": pending}
+    pending["target_rank"] = scoring.target_rank(fusion, live.index, live.target_pid, _filter(live))
+    return {"ranking": _ranking(fusion, live), "pending": pending}
 
 
 def converge(state: THIState, runtime: Runtime[THIContext]) -> dict:
