@@ -18,12 +18,10 @@ import json
 import logging
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from data.readers import FORMAT_NAMES, DatasetError, read_dataset
@@ -35,6 +33,7 @@ from graphs.thi import build_graph, final_scores, recursion_limit
 from tools.embedder import DEFAULT_MODEL, Embedder, EmbedderError
 from tools.gallery import GalleryError
 from tools.index import GalleryIndex
+from tools.threads import apply_thread_policy
 from tools.mllm import MLLM, MLLMError
 from tools.mllm.base import ImageRef, Verdict
 
@@ -83,19 +82,6 @@ def _aggregate(first: np.ndarray, ap: np.ndarray, inp: np.ndarray) -> dict:
     return {k: round(v, 2) for k, v in out.items()}
 
 
-@contextmanager
-def _one_intra_op_thread():
-    """One query's work is tiny (one caption, a few photos); with torch's default 2 threads on the
-    2-core CI machine the benchmark loop ran about 3x slower, even alone on the machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@_one_intra_op_thread()
 def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder: Embedder, split: str = "test",
                       format: str = "auto", user: str = "none", user_mllm: MLLM | None = None,
                       limit: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
@@ -106,7 +92,7 @@ def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder:
         raise DatasetError(f"{root}: split {split!r} is empty")
     gallery, _ = open_gallery(root, embedder, split, url, data_dir, index_if_missing=True, progress=progress)
     index = GalleryIndex(gallery, embedder)
-    gallery_pids = np.asarray([m.get("pid", -1) for m in index.metadatas])
+    gallery_pids = index.pids
     texts, qpids, owner = split_queries(records)
     order = sample_indices(len(texts), limit, seed)
     backends = [mllm] + ([user_mllm] if user_mllm is not None and user_mllm is not mllm else [])
@@ -132,7 +118,7 @@ def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder:
             text, pid = texts[q], int(qpids[q])
             ctx = replace(run_ctx, target=records[owner[q]].image, target_pid=pid)
             t0 = time.perf_counter()
-            index.embeddings @ embedder.encode_texts([text], progress=False)[0]  # plain retrieval (uncached)
+            index.scores(text, cache=False)  # plain retrieval: encode and score the gallery (uncached)
             baseline_ms.append((time.perf_counter() - t0) * 1000)
             for b in backends:  # each dialogue pays for its own answers (see MLLM.clear_cache)
                 b.clear_cache()
@@ -253,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s: %(message)s")
+    apply_thread_policy("benchmark")
     policies = [x.strip() for x in args.policy.split(",") if x.strip()]
     try:
         extra = json.loads(args.config)
