@@ -359,6 +359,12 @@ class Gallery:
         return {"collection": str(fresh.id), "name": self._name, "count": int(col.count()),
                 "version": meta.get(VERSION_KEY), "epoch": meta.get(EPOCH_KEY), "kinds": list(self.kinds)}
 
+    def content_key(self) -> dict:
+        """The collection's content key now: ``collection`` (id), ``name``, ``count``, ``version``,
+        ``epoch`` (the tokens writers set) and ``kinds``."""
+        with self.store.session(timeout=self.lock_timeout) as client:
+            return self._key(client)
+
     def cache_root(self, collection_id: str) -> Path:
         """Where this collection's memory-mapped copies live (see the module docstring)."""
         if self.store.local:

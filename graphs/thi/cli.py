@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 import uuid
 
 from langgraph.types import Command
@@ -17,10 +19,11 @@ from langgraph.types import Command
 from tools.embedder import DEFAULT_MODEL, EmbedderError
 from tools.gallery import GalleryError
 from tools.mllm import BACKENDS, MLLMError
+from tools.threads import apply_thread_policy
 
 from ..config import THIConfig, THIContext, fusion_weight_field
 from ..report import write_report, write_trace
-from ..server import backend_for, open_index
+from ..server import backend_for, embedder_for, open_index
 from .graph import build_graph, recursion_limit
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--report", metavar="FILE.html", help="write an HTML report with thumbnails")
     o.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     o.add_argument("--quiet", action="store_true", help="no progress bars or logs")
+    o.add_argument("--verbose", action="store_true", help="print the time of each start-up phase (to stderr)")
     return p
 
 
@@ -125,8 +129,44 @@ def _ask_terminal(payload: dict) -> dict:
     return {"answers": answers, "finish": False}
 
 
+def _since_start() -> float | None:
+    """Seconds since this process started (Linux: /proc), or None where unknown."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+class _Phases:
+    """Start-up phases and their seconds (``--verbose``)."""
+
+    def __init__(self, on: bool):
+        self.on = on
+        self.times: list[tuple[str, float]] = []
+        started = _since_start()
+        if started is not None:
+            self.times.append(("python start and imports", started))
+        self.t = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times.append((name, now - self.t))
+        self.t = now
+
+    def print(self) -> None:
+        if self.on:
+            print("start-up: " + ", ".join(f"{name} {sec:.2f} s" for name, sec in self.times), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    phases = _Phases(False)
     args = build_parser().parse_args(argv)
+    phases.on = args.verbose
+    apply_thread_policy("query")
     logging.basicConfig(level=logging.ERROR if args.quiet or args.json else logging.WARNING,
                         format="%(levelname)s: %(message)s")
     if not args.query.strip():
@@ -143,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.mllm == "transformers" and not args.mllm_path:
             raise ValueError("--mllm transformers needs --mllm-path FOLDER")
         demo = args.gallery is None
+        embedder_for(ctx)
+        phases.done("model")
         index = open_index(ctx, index_if_missing=demo or args.index, progress=progress)
+        phases.done("gallery")
         mllm = backend_for(ctx)
+        phases.done("MLLM")
     except GalleryError as e:
         hint = "" if "index it with" in str(e) else ""
         print(f"error: {e}{hint}" + ("" if args.gallery is None else
@@ -170,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     run_config: dict = {"recursion_limit": recursion_limit(cfg)}
     if checkpointer is not None:
         run_config["configurable"] = {"thread_id": args.thread_id or uuid.uuid4().hex}
+    phases.done("graph")
+    phases.print()
     try:
         result = graph.invoke({"query": args.query}, config=run_config, context=ctx)
         while "__interrupt__" in result:

@@ -141,10 +141,12 @@ def shortlist(fusion: Fusion, index: GalleryIndex, m: int,
 
 
 def top(fusion: Fusion, index: GalleryIndex, n: int, rows_filter: RowFilter | None = None,
-        m: int = SHORTLIST) -> tuple[np.ndarray, np.ndarray]:
+        m: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(rows, scores) of the ``n`` best images, best first (ties: lower row first), exactly as a
-    full-gallery evaluation ranks them; fewer when the filter keeps fewer."""
+    full-gallery evaluation ranks them; fewer when the filter keeps fewer. ``m``: the first
+    shortlist depth (default :data:`SHORTLIST`)."""
     total = len(index)
+    m = max(m or SHORTLIST, n)
     while True:
         if m * 4 >= total:
             scores = full(fusion, index, rows_filter)
@@ -161,7 +163,7 @@ def top(fusion: Fusion, index: GalleryIndex, n: int, rows_filter: RowFilter | No
 
 
 def target_rank(fusion: Fusion, index: GalleryIndex, target_pid: int | None, rows_filter: RowFilter | None = None,
-                m: int = SHORTLIST) -> int | None:
+                m: int | None = None) -> int | None:
     """The rank (1-based) of the target person's best-scored photo, as a full-gallery evaluation
     gives it: 1 + the images scoring strictly higher. None when the pid is unknown or has no photo."""
     if target_pid is None:
@@ -170,6 +172,7 @@ def target_rank(fusion: Fusion, index: GalleryIndex, target_pid: int | None, row
     if not len(hit):
         return None
     total = len(index)
+    m = m or SHORTLIST
     if m * 4 < total:
         rows, bound = shortlist(fusion, index, m, rows_filter)
         rows = np.union1d(rows, hit)
