@@ -829,6 +829,15 @@ class _Writer:
             raise
         self.written += len(ids)
         if self._spool_dir is not None:
+            # What Chroma stores, read back: its cosine index renormalises each vector (last-bit
+            # differences), and the copy must equal what any reader would read.
+            got = self.col.get(ids=ids, include=["embeddings", "metadatas"])
+            pos = {i: n for n, i in enumerate(got["ids"])}
+            order = [pos[i] for i in ids]
+            feats = {"bge": np.asarray(got["embeddings"], dtype=np.float32)[order]}
+            metas = [got["metadatas"][n] or {} for n in order]
+            if self.tse is not None:
+                feats["tse"] = self.g._tse_rows(self.tse, ids)
             for k, v in feats.items():
                 if k not in self._spool_files:
                     self._spool_files[k] = open(self._spool_dir / f"{k}.f32", "wb")
