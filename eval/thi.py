@@ -19,12 +19,10 @@ import logging
 import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from data.readers import FORMAT_NAMES, DatasetError, read_dataset
@@ -41,6 +39,7 @@ from tools.index import GalleryIndex
 from tools.mllm import BACKENDS, MLLM, MLLMError
 from tools.mllm.base import ImageRef, Verdict
 from tools.text import printable, printable_path
+from tools.threads import apply_thread_policy
 
 from .benchmark import sample_indices, split_queries
 from .metrics import METRIC_KEYS, NoMatchError, rank_metrics, summary
@@ -161,19 +160,6 @@ def _aggregate(first: np.ndarray, ap: np.ndarray, inp: np.ndarray) -> dict:
     return {k: round(v, 2) for k, v in out.items()}
 
 
-@contextmanager
-def _one_intra_op_thread():
-    """One query's work is tiny (one caption, a few photos); with torch's default 2 threads on the
-    2-core CI machine the benchmark loop ran about 3x slower, even alone on the machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@_one_intra_op_thread()
 def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder: Embedder, split: str = "test",
                       format: str = "auto", user: str = "none", user_mllm: MLLM | None = None,
                       limit: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
@@ -201,7 +187,7 @@ def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder:
     gallery, _ = open_gallery(root, embedder, split, url, data_dir, index_if_missing=True, progress=progress,
                               skip_missing=skip_missing)
     index = GalleryIndex(gallery, embedder)
-    gallery_pids = np.asarray([m.get("pid", -1) for m in index.metadatas])
+    gallery_pids = index.pids
     texts, qpids, owner = split_queries(records)
     order = sample_indices(len(texts), limit, seed)
     matched = np.isin(qpids[order], gallery_pids)
@@ -237,7 +223,7 @@ def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder:
             text, pid = texts[q], int(qpids[q])
             ctx = replace(run_ctx, target=records[owner[q]].image, target_pid=pid)
             t0 = time.perf_counter()
-            index.embeddings @ embedder.encode_texts([text], progress=False)[0]  # plain retrieval (uncached)
+            index.scores(text, cache=False)  # plain retrieval: encode and score the gallery (uncached)
             baseline_ms = (time.perf_counter() - t0) * 1000
             for b in backends:  # each dialogue pays for its own answers (see MLLM.clear_cache)
                 b.clear_cache()
@@ -400,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     legacy_json_file(args, p.prog)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s: %(message)s")
+    apply_thread_policy("benchmark")
     try:
         extra = json.loads(args.config)
         if not isinstance(extra, dict):

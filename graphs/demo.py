@@ -3,6 +3,11 @@
 On first use it writes ``$THI_HOME/synthpedes-demo`` (the default world's test split: 1,000
 people, about 3,200 photos; ``THI_HOME`` defaults to ``~/.cache/thi-reid``) and indexes it into the
 Chroma folder ``$THI_HOME/chroma``, both with progress bars; later runs reuse them.
+
+Two first runs at once are safe: generation holds an inter-process lock
+(``$THI_HOME/synthpedes-demo.lock``, ``filelock``), so the second waits for the first and then
+finds the world complete; indexing holds the Chroma folder's lock (``tools.store``) and skips what
+the first indexed.
 """
 
 from __future__ import annotations
@@ -24,12 +29,27 @@ def demo_dir(home: Path | None = None) -> Path:
     return (home or default_home()) / "synthpedes-demo"
 
 
-def ensure_demo_world(home: Path | None = None, progress: bool = True) -> Path:
-    """Generate the demo world if it is not there (resumes a half-written one)."""
+def ensure_demo_world(home: Path | None = None, progress: bool = True, world: WorldConfig = DEMO_WORLD) -> Path:
+    """Generate the demo world (``world``: tests make a smaller one) if it is not there (resumes a
+    half-written one; one process at a time, the others wait)."""
+    from filelock import FileLock, Timeout
+
     folder = demo_dir(home)
-    if not (folder / "attributes.json").is_file():
-        log.info("generating the SynthPedes demo gallery in %s (once)", folder)
-        generate(folder, DEMO_WORLD, progress=progress)
+    if (folder / "attributes.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder.parent / f"{folder.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("waiting: another process is generating the demo gallery in %s", folder)
+        lock.acquire()
+    try:
+        if not (folder / "attributes.json").is_file():  # the other process may have finished it
+            log.info("generating the SynthPedes demo gallery in %s (once)", folder)
+            generate(folder, world, progress=progress)
+    finally:
+        lock.release()
     return folder
 
 

@@ -1,11 +1,6 @@
 import json
 import logging
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +11,7 @@ from tools.embedder import Embedder
 from tools.gallery import Gallery, GalleryError, folder_items, items_for, record_items
 from tools.gallery import main as gallery_main
 
+from .helpers import chroma_server as start_chroma_server
 from .helpers import tiny_model_dir
 
 
@@ -122,34 +118,11 @@ def test_cli_index_and_query(tmp_path, small_world, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
-def chroma_server(tmp_path):
-    exe = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
-    port = _free_port()
-    proc = subprocess.Popen([exe, "run", "--path", str(tmp_path / "srv"), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail("chroma server exited at start")
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("chroma server did not start in 60 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+def chroma_server(tmp_path, monkeypatch):
+    monkeypatch.setenv("THI_HOME", str(tmp_path / "home"))  # the server's memory-mapped copies go there
+    with start_chroma_server(tmp_path / "srv") as url:
+        yield url
 
 
 def test_http_client_against_a_real_chroma_server(chroma_server, tiny, test_items):

@@ -86,3 +86,42 @@ def test_tower_refuses_what_it_does_not_have():
         tower.reset_classifier(10)
     with pytest.raises(ValueError, match="global_pool"):
         tower.reset_classifier(0, global_pool="max")
+
+
+# -- BatchNorm folded into the convolutions (inference) ---------------------------------------------
+
+
+def test_the_shipped_models_tower_with_folded_batchnorm_gives_the_same_embeddings(small_world):
+    """The shipped model's ModifiedResNet image tower: every BatchNorm (stem, blocks, downsample
+    paths) folded at load, embeddings of real test photos equal to the unfolded tower's within 1e-5."""
+    from tools.towers import fold_batchnorm
+
+    emb = Embedder(device="cpu")
+    assert emb.folded_batchnorms > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in emb.model.visual.modules())
+    unfolded = load_clip(device="cpu").model
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in unfolded.visual.modules())
+    assert n_bn == emb.folded_batchnorms  # every one of them
+    photos = sorted((small_world / "imgs" / "test").glob("*.jpg"))[:16]
+    pixels = np.stack([emb.load_pixels(p) for p in photos])
+    folded = emb.encode_pixels(pixels)
+    from tools.embedder import to_tensor
+
+    with torch.inference_mode():
+        ref = torch.nn.functional.normalize(unfolded.encode_image(to_tensor(pixels, emb.mean, emb.std)), dim=-1).numpy()
+    assert np.abs(folded - ref).max() < 1e-5
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(unfolded.visual.train())
+
+
+def test_the_pedestrian_tower_folds_too(tmp_path):
+    from tools.towers import fold_batchnorm
+
+    _, model = _folder(tmp_path, seed=3)
+    x = torch.randn(4, 3, 64, 32)
+    with torch.inference_mode():
+        before = model.encode_image(x)
+        folded = fold_batchnorm(model.visual)
+        after = model.encode_image(x)
+    assert folded == 9  # the stem and two per block, four blocks
+    assert torch.allclose(before, after, atol=1e-5)

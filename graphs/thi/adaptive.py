@@ -22,8 +22,6 @@ anchor it has verified.
 
 from __future__ import annotations
 
-import numpy as np
-
 from agents.inspector import AdaptiveInspector
 
 from ..config import THIConfig
@@ -31,6 +29,7 @@ from ..server import Live
 from ..state import RoundRecord, THIState
 from .policy import (CONVERGED, NO_ANCHOR, NOTHING_NEW, ROUND_LIMIT, Answerer, Policy, Route, check_candidate,
                      disagreement_questions, prefetch, same_top, verifications)
+from .scoring import Fusion, Term
 
 
 def _verifications_after_anchor(rounds: list[RoundRecord]) -> int:
@@ -99,32 +98,31 @@ class AdaptivePolicy(Policy):
             return []
         return disagreement_questions(state, live, self.config.anchor_questions, include_context=False)
 
-    def fuse(self, state: THIState, live: Live) -> np.ndarray:
+    def fusion(self, state: THIState, live: Live) -> Fusion:
         idx, cfg = live.index, self.config
-        original = idx.scores(state["query"])
+        original = ("text", state["query"])
         anchor = state.get("anchor")
         if anchor is None:
-            return original  # a failed anchor check never changes the ranking
+            return Fusion([Term(1.0, original)])  # a failed anchor check never changes the ranking
         at = idx.position[anchor]
         lam = cfg.lam_adaptive
-        scores = original.copy()
         if state.get("current_query", state["query"]) != state["query"]:
-            new = idx.scores(state["current_query"])
-            new[at] = 1.0
-            scores = lam * original + (1 - lam) * new
-        else:
-            scores[at] = lam * original[at] + (1 - lam)
+            # lam * original + (1 - lam) * new, the anchor's new similarity set to 1
+            terms = [Term(lam, original), Term(1 - lam, ("text", state["current_query"]), {at: 1.0})]
+        else:  # the original ranking, the anchor raised as if its new similarity were 1
+            terms = [Term(1.0, original, {at: lam * idx.vector(original)[at] + (1 - lam)})]
         if cfg.anchor_image_weight > 0:
             # The accepted anchor is a photo of the person: its look pulls up the same person's other
             # photos (other cameras), which the caption alone ranks lower.
-            scores = scores + cfg.anchor_image_weight * (idx.embeddings @ idx.embeddings[at])
+            terms.append(Term(cfg.anchor_image_weight, ("image", anchor)))
+        moves = []
         for image_id, v in (state.get("verified") or {}).items():
             if v.get("match") is None:
                 continue
             # move by the evidence: +w for a sure match, -w for a sure contradiction, ~0 when unsure
             p_match = float(v["confidence"]) if v["match"] else 1.0 - float(v["confidence"])
-            scores[idx.position[image_id]] += cfg.verify_weight * (2.0 * p_match - 1.0)
-        return scores
+            moves.append((idx.position[image_id], cfg.verify_weight * (2.0 * p_match - 1.0)))
+        return Fusion(terms, moves)
 
     def stop(self, state: THIState, rounds: list[RoundRecord], pending: dict) -> str | None:
         round_no = pending["round"]

@@ -22,11 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
+import time
 import uuid
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from langgraph.types import Command
@@ -38,6 +41,7 @@ from tools.gallery import GalleryError
 from tools.index import GalleryIndex
 from tools.mllm import BACKENDS, MLLMError
 from tools.text import printable, printable_path
+from tools.threads import apply_thread_policy
 
 from ..config import THIConfig, THIContext, fusion_weight_field
 from ..demo import open_gallery
@@ -128,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
     o.add_argument("--out", metavar="FILE.json", help="also write that JSON object to this file")
     o.add_argument("--quiet", action="store_true", help="no progress bars or logs")
+    o.add_argument("--verbose", action="store_true", help="print the time of each start-up phase (to stderr)")
     return p
 
 
@@ -143,11 +148,12 @@ def context_from_args(args: argparse.Namespace) -> THIContext:
                       user="human" if args.interactive else "none")
 
 
-def open_cli_index(args: argparse.Namespace, progress: bool, ctx: THIContext | None = None) -> GalleryIndex:
+def open_cli_index(args: argparse.Namespace, progress: bool, ctx: THIContext | None = None,
+                   phase: Callable[[str], None] | None = None) -> GalleryIndex:
     """The gallery index the flags name (or ``ctx``'s gallery and model, for a resumed dialogue),
     with the retrieval model of the model flags (its description goes to stderr unless
     ``--quiet``). The demo gallery is generated and indexed when missing; another gallery only with
-    ``--index``."""
+    ``--index``. ``phase`` is told when the model ("model") and the gallery ("gallery") are ready."""
     if ctx is not None:
         args = argparse.Namespace(**{**vars(args), "model": ctx.model, "pretrained": ctx.pretrained,
                                      "device": ctx.device, "gallery": ctx.gallery, "split": ctx.split,
@@ -155,10 +161,15 @@ def open_cli_index(args: argparse.Namespace, progress: bool, ctx: THIContext | N
     embedder = embedder_from_args(args)
     if not args.quiet:
         print(embedder.describe(), file=sys.stderr)
+    if phase:
+        phase("model")
     gallery, _ = open_gallery(args.gallery, embedder, args.split, args.url, args.data_dir,
                               index_if_missing=args.gallery is None or args.index, progress=progress,
                               skip_missing=args.skip_missing)
-    return GalleryIndex(gallery, embedder)
+    index = GalleryIndex(gallery, embedder)
+    if phase:
+        phase("gallery")
+    return index
 
 
 def _gallery_hint(ctx: THIContext, args: argparse.Namespace, error: Exception) -> str:
@@ -406,6 +417,39 @@ def _resumed_context(graph, run_config: dict, args: argparse.Namespace) -> tuple
     return ctx, snapshot
 
 
+def _since_start() -> float | None:
+    """Seconds since this process started (Linux: /proc), or None where unknown."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+class _Phases:
+    """Start-up phases and their seconds (``--verbose``)."""
+
+    def __init__(self, on: bool):
+        self.on = on
+        self.times: list[tuple[str, float]] = []
+        started = _since_start()
+        if started is not None:
+            self.times.append(("python start and imports", started))
+        self.t = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times.append((name, now - self.t))
+        self.t = now
+
+    def print(self) -> None:
+        if self.on:
+            print("start-up: " + ", ".join(f"{name} {sec:.2f} s" for name, sec in self.times), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m graphs.thi``: the exit status (0 ok, 1 failed, 2 bad input, 130 interrupted)."""
     state: dict = {}
@@ -441,8 +485,11 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def _main(argv: list[str] | None, where: dict) -> int:
+    phases = _Phases(False)
     parser = build_parser()
     args = parser.parse_args(argv)
+    phases.on = args.verbose
+    apply_thread_policy("query")
     logging.basicConfig(level=logging.ERROR if args.quiet or args.json else logging.WARNING,
                         format="%(levelname)s: %(message)s")
     _check_args(parser, args)
@@ -469,7 +516,8 @@ def _main(argv: list[str] | None, where: dict) -> int:
             raise ValueError("--mllm transformers needs --mllm-path FOLDER")
         mllm = backend_for(ctx)
         mllm.preflight()  # a server that cannot answer fails here, in one line, before any work
-        index = open_cli_index(args, progress, ctx if args.resume else None)
+        phases.done("MLLM")
+        index = open_cli_index(args, progress, ctx if args.resume else None, phases.done)
     except GalleryError as e:
         raise _Stop(1, f"{e}{_gallery_hint(ctx, args, e)}") from None
     except (DatasetError, EmbedderError, MLLMError, ValueError, FileNotFoundError, OSError) as e:
@@ -487,6 +535,7 @@ def _main(argv: list[str] | None, where: dict) -> int:
         ctx = replace(ctx, target_pid=case.pid)
     # the index built from the model flags, under the name the context keeps (a resume registers it again)
     ctx = replace(ctx, resources=register(CLI_RESOURCES, index=index))
+    phases.print()
 
     try:
         if args.resume:

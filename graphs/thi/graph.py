@@ -46,6 +46,7 @@ from langgraph.runtime import Runtime
 
 from agents.rewriter import Rewriter
 from tools.attributes import SLOTS
+from tools.index import RowFilter
 from tools.mllm.base import Answer, Deadline, MLLMError, dialogue_deadline, grammar_merge, metering
 from tools.mllm.parser import parse
 from tools.tracing import child_run
@@ -55,7 +56,9 @@ from ..server import Live, resolve
 from ..state import QA, Candidate, RoundRecord, THIInput, THIOutput, THIState, Usage
 from .adaptive import AdaptivePolicy
 from .paper import PaperPolicy
+from . import scoring
 from .policy import HumanAnswerer, Policy, Route, answerer_for
+from .scoring import Fusion, Term
 from .with_user import WithUserPolicy
 
 log = logging.getLogger(__name__)
@@ -83,27 +86,21 @@ def _run(runtime: Runtime[THIContext]) -> tuple[Live, Policy]:
 
 
 # -------------------------------------------------------------------------------------------
-# scoring
+# scoring: each query's full-gallery scores are computed once (the index keeps them); a round
+# ranks a shortlist of them exactly (see scoring.py)
 
 
-def _top(scores: np.ndarray, ids: list[str], n: int) -> list[Candidate]:
-    n = min(n, int(np.isfinite(scores).sum()))
-    if n == 0:
-        return []
-    part = np.argpartition(-scores, n - 1)[:n]
-    order = part[np.argsort(-scores[part], kind="stable")]
-    return [{"id": ids[i], "score": round(float(scores[i]), 6)} for i in order]
+def _filter(live: Live) -> RowFilter | None:
+    return live.index.row_filter(live.allowed)
 
 
-def _masked(scores: np.ndarray, live: Live) -> np.ndarray:
-    if live.allowed is None:
-        return scores
-    keep = np.fromiter((i in live.allowed for i in live.index.ids), bool, len(live.index.ids))
-    return np.where(keep, scores, -np.inf)
+def _candidates(rows: np.ndarray, scores: np.ndarray, ids) -> list[Candidate]:
+    return [{"id": ids[int(r)], "score": round(float(s), 6)} for r, s in zip(rows, scores)]
 
 
-def _scores(state: THIState, live: Live, policy: Policy) -> np.ndarray:
-    return _masked(policy.fuse(state, live), live)
+def _ranking(fusion: Fusion, live: Live) -> list[Candidate]:
+    rows, scores = scoring.top(fusion, live.index, live.config.shortlist, _filter(live))
+    return _candidates(rows, scores, live.index.ids)
 
 
 def final_scores(state: THIState, ctx: THIContext) -> np.ndarray:
@@ -111,17 +108,7 @@ def final_scores(state: THIState, ctx: THIContext) -> np.ndarray:
     recorded in ``state``, recomputed from its plain values (so a checkpointed dialogue and a
     benchmark get the same numbers). Images outside the context's metadata filter score -inf."""
     live = resolve(ctx)
-    return _scores(state, live, policy_for(live))
-
-
-def _target_rank(scores: np.ndarray, live: Live) -> int | None:
-    if live.target_pid is None:
-        return None
-    pids = np.asarray([m.get("pid", -1) for m in live.index.metadatas])
-    hit = pids == live.target_pid
-    if not hit.any():
-        return None
-    return int((scores > scores[hit].max()).sum()) + 1
+    return scoring.full(policy_for(live).fusion(state, live), live.index, _filter(live))
 
 
 # -------------------------------------------------------------------------------------------
@@ -290,8 +277,7 @@ def retrieve(state: THIState, runtime: Runtime[THIContext]) -> dict:
         raise ValueError("the query is empty")
     with _Step("retrieve", state, runtime) as step:
         live = step.live
-        scores = _masked(live.index.scores(query), live)
-        ranking = _top(scores, live.index.ids, live.config.shortlist)
+        ranking = _ranking(Fusion([Term(1.0, ("text", query))]), live)
         if not ranking:
             raise ValueError("no gallery image matches the metadata filter")
         embedder = live.index.embedder
@@ -450,10 +436,10 @@ def _rewrite(state: THIState, live: Live, pending: dict) -> dict:
 def re_retrieve(state: THIState, runtime: Runtime[THIContext]) -> dict:
     with _Step("re_retrieve", state, runtime) as step:
         live, policy = step.live, step.policy
-        scores = _scores(state, live, policy)
+        fusion = policy.fusion(state, live)
         pending = _fresh(state["pending"])
-        pending["target_rank"] = _target_rank(scores, live)
-        ranking = _top(scores, live.index.ids, live.config.shortlist)
+        pending["target_rank"] = scoring.target_rank(fusion, live.index, live.target_pid, _filter(live))
+        ranking = _ranking(fusion, live)
         pending, usage = step.account(pending)
     return {"ranking": ranking, "pending": _changed(state["pending"], pending), "usage": usage}
 

@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from agents.inspector import PaperInspector
 from agents.questioner import paper_questions
 
@@ -24,6 +22,7 @@ from ..config import THIConfig
 from ..server import Live
 from ..state import RoundRecord, THIState
 from .policy import GATE_CLOSED, NO_ANCHOR, REFINED_ONCE, ROUND_LIMIT, Answerer, Policy, Route, verify
+from .scoring import Fusion, Term
 
 
 def _earlier_matches(rounds: list[RoundRecord]) -> list[bool]:
@@ -62,16 +61,16 @@ class PaperPolicy(Policy):
     def questions(self, state: THIState, live: Live) -> list[str]:
         return paper_questions() if state["pending"].get("new_anchor") else []
 
-    def fuse(self, state: THIState, live: Live) -> np.ndarray:
+    def fusion(self, state: THIState, live: Live) -> Fusion:
         idx, lam = live.index, self.config.lam
-        original = idx.scores(state["query"])
+        original = ("text", state["query"])
         anchor = state.get("anchor")
         if anchor is None:
-            return original
+            return Fusion([Term(1.0, original)])
         refined = state.get("current_query", state["query"]) != state["query"]
-        new = idx.scores(state["current_query"]) if refined else original.copy()
-        new[idx.position[anchor]] = 1.0
-        return lam * original + (1 - lam) * new
+        new = ("text", state["current_query"]) if refined else original
+        # lam * original + (1 - lam) * new, the anchor's new similarity set to 1
+        return Fusion([Term(lam, original), Term(1 - lam, new, {idx.position[anchor]: 1.0})])
 
     def stop(self, state: THIState, rounds: list[RoundRecord], pending: dict) -> str | None:
         cfg, round_no = self.config, pending["round"]

@@ -10,7 +10,9 @@ bookkeeping. The interface (:class:`Policy`):
 ``questions``       which attribute slots to ask about
 ``answerer``        who answers them (:func:`answerer_for`: the MLLM about the anchor, a
                     simulated user, or a human through a LangGraph interrupt)
-``fuse``            the score of every gallery image after what the dialogue has learned
+``fusion``          the score of every gallery image after what the dialogue has learned, as
+                    an expression over the index's score vectors (:mod:`.scoring`), so a
+                    round ranks a shortlist exactly instead of scoring every image
 ``stop``            why the dialogue stops after this round, or None to go on
 ==================  =====================================================================
 
@@ -41,6 +43,7 @@ from tools.mllm.base import Answer, MLLMError
 from ..config import THIConfig
 from ..server import Live
 from ..state import Inspection, RoundRecord, THIState
+from .scoring import Fusion
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +154,13 @@ class Policy(ABC):
         """The slots to ask about this round (empty: none)."""
 
     @abstractmethod
+    def fusion(self, state: THIState, live: Live) -> Fusion:
+        """The score of every image after the rounds in ``state``, before any metadata filter."""
+
     def fuse(self, state: THIState, live: Live) -> np.ndarray:
-        """Scores (float [N], the gallery index's order) after the rounds in ``state``, before any
-        metadata filter."""
+        """Scores (float32 [N], the gallery index's order) after the rounds in ``state``, before any
+        metadata filter: :meth:`fusion` evaluated on the whole gallery."""
+        return self.fusion(state, live).evaluate(live.index)
 
     @abstractmethod
     def stop(self, state: THIState, rounds: list[RoundRecord], pending: dict) -> str | None:

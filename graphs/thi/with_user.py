@@ -26,8 +26,6 @@ and checking many candidates against the facts pays off.
 
 from __future__ import annotations
 
-import numpy as np
-
 from agents.inspector import AdaptiveInspector, Agreement, agreement
 from tools.attributes import SLOT_NAMES, SLOTS
 from tools.mllm.base import Answer, MLLMError, grammar_merge
@@ -37,6 +35,7 @@ from ..server import Live
 from ..state import RoundRecord, THIState
 from .policy import (CONVERGED, NOTHING_NEW, ROUND_LIMIT, USER_FINISHED, Answerer, Policy, Route, check_candidate,
                      disagreement_questions, known, prefetch, same_top, skipped, verifications)
+from .scoring import Fusion, Term
 
 
 def person_description(state: THIState) -> str | None:
@@ -124,17 +123,17 @@ class WithUserPolicy(Policy):
         return disagreement_questions(state, live, self.config.questions_per_round,
                                       include_context=self.config.ask_context)
 
-    def fuse(self, state: THIState, live: Live) -> np.ndarray:
+    def fusion(self, state: THIState, live: Live) -> Fusion:
         idx, cfg = live.index, self.config
-        original = idx.scores(state["query"])
-        scores = original.copy()
+        original = ("text", state["query"])
+        terms = [Term(1.0, original)]
         if state.get("current_query", state["query"]) != state["query"]:
-            new = idx.scores(state["current_query"])
-            scores = cfg.lam_user * original + (1 - cfg.lam_user) * new
+            terms = [Term(cfg.lam_user, original), Term(1 - cfg.lam_user, ("text", state["current_query"]))]
+        moves = []
         if cfg.user_check == "answers":
             facts = known(state)
             for image_id, answers in (state.get("checked") or {}).items():
-                scores[idx.position[image_id]] += cfg.agreement_weight * self.agreement(answers, facts).score
+                moves.append((idx.position[image_id], cfg.agreement_weight * self.agreement(answers, facts).score))
         for image_id, v in (state.get("verified") or {}).items():
             if v.get("match") is None:
                 continue
@@ -143,8 +142,8 @@ class WithUserPolicy(Policy):
             weight = cfg.user_verify_weight
             if v.get("elsewhere"):
                 weight *= cfg.user_elsewhere_factor  # the person, but not the photo the user saw
-            scores[idx.position[image_id]] += weight * (2.0 * p_match - 1.0)
-        return scores
+            moves.append((idx.position[image_id], weight * (2.0 * p_match - 1.0)))
+        return Fusion(terms, moves)
 
     def stop(self, state: THIState, rounds: list[RoundRecord], pending: dict) -> str | None:
         round_no = pending["round"]

@@ -1,0 +1,408 @@
+"""python -m eval.scale: how the gallery and THI behave as the gallery grows to a million photos.
+
+There is no million-photo pedestrian dataset here, so galleries are grown from real photo
+embeddings. **Construction**: the base is a SynthPedes test split indexed with the model (default:
+the demo gallery, about 3,200 photos of 1,000 people). A gallery of N photos holds every base photo
+as it is, plus N - B noisy copies: copy j of base photo i (i = j mod B) is
+``normalize(x_i + s * g / sqrt(D))`` with ``g ~ N(0, I_D)`` drawn from a fixed seed and ``s`` =
+``--noise`` (0.2: cosine about 0.98 to its original), id ``<base id>#<j>``, the original's path,
+camera and split (so the MLLM can inspect it), and a person id of its own (a new distractor
+person: only the base photos match a caption's person). Rows are written through
+``Gallery.add`` in chunks of the client's batch size, the way ``tools.gallery`` writes indexed
+photos (TSE-free model; version tokens; the memory-mapped copy updated incrementally). The
+galleries are nested: one collection grows from size to size. Dense clusters of near-duplicates
+are a hard case for approximate (HNSW) search.
+
+Per size it prints:
+
+* ``build s``: the one-time copy of the collection into its memory-mapped arrays (paged Chroma
+  reads), done by a fresh process with the copy deleted;
+* ``open s``: a fresh process opening the gallery index with the copy present (the model already
+  loaded), and ``first q ms``: its first query (the matrix paged in from the page cache or disk);
+* ``index B/photo``: that process's resident memory growth per photo from opening the index and
+  running the exact queries (the matrix paged in by them included; THI's models and any HNSW
+  search excluded: ``rss_bytes`` in the JSON has the total after THI); ``disk MB``: the Chroma
+  folder + the memory-mapped copy;
+* ``exact ms``: one query's matrix-vector product and top-10 selection (p50, text encoded
+  beforehand); ``hnsw ms`` / ``hnsw R@10``: Chroma's HNSW top-10 alone; ``approx ms`` /
+  ``approx R@10``: the product's ``--approximate`` search (HNSW over-fetch x10, re-scored
+  exactly); recall against exact search;
+* ``THI p50/p95 ms``: THI's overhead per query (latency minus a plain retrieval, as ``eval.thi``
+  reports it) with the offline MLLM and the adaptive policy.
+
+Each size is measured in a child process (``--probe``); the machine's load average is printed
+with it. ``--sizes`` picks the sizes (e.g. ``3k,30k``; a size below the base is the base).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_SET = "scale-growth"
+DEFAULT_SIZES = "3k,30k,100k,300k,1M"
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``"3k,30k,1M"`` -> [3000, 30000, 1000000] (ValueError on a bad size)."""
+    out = []
+    for part in text.split(","):
+        p = part.strip().lower()
+        if not p:
+            continue
+        mult = {"k": 1_000, "m": 1_000_000}.get(p[-1], 1)
+        num = float(p[:-1] if p[-1] in "km" else p)
+        if num <= 0:
+            raise ValueError(f"sizes must be positive, not {part!r}")
+        out.append(int(round(num * mult)))
+    if not out:
+        raise ValueError("no sizes given")
+    return sorted(set(out))
+
+
+def _rss() -> int:
+    """This process's resident memory in bytes (Linux /proc)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for p in path.rglob("*"):
+        try:
+            if p.is_file():
+                total += p.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+# -- growing the gallery ------------------------------------------------------------------------
+
+
+def _copies(base_ids, base_emb: np.ndarray, base_metas, start: int, stop: int, noise: float, seed: int,
+            chunk: int):
+    """Chunks (ids, {"bge": float32}, metadatas) of noisy copies ``start`` .. ``stop - 1``."""
+    b, d = base_emb.shape
+    for s in range(start, stop, chunk):
+        e = min(stop, s + chunk)
+        j = np.arange(s, e)
+        src = j % b
+        rng = np.random.default_rng([seed, s])
+        x = base_emb[src] + (noise / np.sqrt(d)) * rng.standard_normal((e - s, d)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        ids = [f"{base_ids[i]}#{k}" for i, k in zip(src, j)]
+        metas = []
+        for i, k in zip(src, j):
+            m = {key: v for key, v in base_metas[i].items() if key != "pid"}
+            m["pid"] = 10_000_000 + int(k)  # a distractor person of its own
+            metas.append(m)
+        yield ids, {"bge": x.astype(np.float32)}, metas
+
+
+def grow(gallery, base, size: int, noise: float, seed: int, progress: bool) -> int:
+    """Add rows until the gallery holds ``size`` photos (the base first, then copies). Returns
+    the size reached."""
+    base_ids, base_emb, base_metas = base
+    have = gallery.count()
+    b = len(base_ids)
+    chunk = max(1, min(5000, gallery.store.max_batch()))
+    if have == 0:
+        gallery.add(((list(base_ids[s:s + chunk]), {"bge": np.asarray(base_emb[s:s + chunk])},
+                      [dict(m) for m in base_metas[s:s + chunk]]) for s in range(0, b, chunk)))
+        have = b
+    target = max(size, b)
+    if have < target:
+        gallery.add(_copies(base_ids, base_emb, base_metas, have - b, target - b, noise, seed, chunk),
+                    progress=progress, total=target - have)
+    return gallery.count()
+
+
+# -- measuring (in a child process) -------------------------------------------------------------
+
+
+def probe(args) -> dict:
+    """Open the grown gallery in this (fresh) process and measure it; see the module docstring."""
+    from graphs.config import THIConfig, THIContext
+    from graphs.server import make_backend, register, unregister
+    from graphs.thi import build_graph, recursion_limit
+    from tools.embedder import Embedder
+    from tools.gallery import Gallery
+    from tools.index import GalleryIndex
+    from tools.threads import apply_thread_policy
+
+    policy = apply_thread_policy("benchmark")
+    out: dict = {"load_start": _load(), "threads": policy}
+    embedder = Embedder(args.model, device="cpu")
+    spec = json.loads(Path(args.probe).read_text())
+    queries = spec["queries"]
+    gallery = Gallery.open(IMAGE_SET, embedder, data_dir=args.root, create=False)
+    feats = {q: embedder.encode_texts([q], progress=False)[0] for q in queries}
+    if spec.get("rebuild"):
+        for d in gallery.cache_root(gallery.content_key()["collection"]).glob("v-*"):
+            shutil.rmtree(d)
+        t0 = time.perf_counter()
+        gallery.snapshot()
+        out["build_s"] = round(time.perf_counter() - t0, 2)
+        return out
+    rss0 = _rss()
+    t0 = time.perf_counter()
+    index = GalleryIndex(gallery, embedder)
+    out["open_s"] = round(time.perf_counter() - t0, 3)
+    n = len(index)
+    out["n"] = n
+    out["rss_open_bytes"] = _rss() - rss0
+
+    def exact_top(q: np.ndarray, k: int = 10) -> np.ndarray:
+        s = index.embeddings @ q
+        part = np.argpartition(-s, k - 1)[:k]
+        return part[np.argsort(-s[part], kind="stable")]
+
+    times, tops = [], {}
+    for i, q in enumerate(queries):
+        t0 = time.perf_counter()
+        tops[q] = exact_top(feats[q])
+        times.append((time.perf_counter() - t0) * 1000)
+    out["rss_index_bytes"] = _rss() - rss0  # the open index and its queries' pages, before THI's models
+    out["rss_index_bytes_per_photo"] = round(out["rss_index_bytes"] / n, 1)
+    out["first_query_ms"] = round(times[0], 2)
+    out["exact_ms_p50"] = round(float(np.percentile(times[1:] or times, 50)), 3)
+    out["exact_ms_p95"] = round(float(np.percentile(times[1:] or times, 95)), 3)
+
+    # THI: latency minus a plain retrieval, as eval.thi reports it
+    mllm = make_backend("offline", device="cpu")
+    graph = build_graph()
+    cfg = THIConfig(policy="adaptive")
+    resources = register(index=index, mllm=mllm)
+    ctx0 = THIContext.from_config(cfg, resources=resources)
+    overhead, latency, calls = [], [], []
+    try:
+        for text, pid in spec["thi"]:
+            from dataclasses import replace
+
+            ctx = replace(ctx0, target_pid=int(pid))
+            t0 = time.perf_counter()
+            index.scores(text, cache=False)
+            base_ms = (time.perf_counter() - t0) * 1000
+            mllm.clear_cache()
+            calls0 = mllm.stats.total_calls
+            t0 = time.perf_counter()
+            graph.invoke({"query": text}, context=ctx, config={"recursion_limit": recursion_limit(cfg)})
+            ms = (time.perf_counter() - t0) * 1000
+            calls.append(mllm.stats.total_calls - calls0)
+            latency.append(ms)
+            overhead.append(ms - base_ms)
+    finally:
+        unregister(resources)
+    out["thi_overhead_ms_p50"] = round(float(np.percentile(overhead, 50)), 1)
+    out["thi_overhead_ms_p95"] = round(float(np.percentile(overhead, 95)), 1)
+    out["thi_latency_ms_p50"] = round(float(np.percentile(latency, 50)), 1)
+    out["thi_mllm_calls_mean"] = round(float(np.mean(calls)), 2)
+    out["rss_bytes"] = _rss() - rss0
+    out["rss_bytes_per_photo"] = round(out["rss_bytes"] / n, 1)
+    out["snapshot_bytes"] = index.gallery.snapshot().nbytes
+
+    # approximate search: Chroma's HNSW alone, and the product's over-fetch + exact re-score
+    col = gallery.collection
+    t0 = time.perf_counter()
+    col.query(query_embeddings=feats[queries[0]].reshape(1, -1), n_results=10, include=[])
+    out["hnsw_load_s"] = round(time.perf_counter() - t0, 2)
+    for name, run in (("hnsw", lambda q: [index.position[i] for i in col.query(
+            query_embeddings=feats[q].reshape(1, -1), n_results=10, include=[])["ids"][0]]),
+                      ("approx", lambda q: [index.position[i] for i, _ in gallery.search(
+                          feats[q], k=10, approximate=True)])):
+        rec, ms = [], []
+        for q in queries:
+            t0 = time.perf_counter()
+            got = run(q)
+            ms.append((time.perf_counter() - t0) * 1000)
+            rec.append(len(set(got) & set(int(r) for r in tops[q])) / 10)
+        out[f"{name}_ms_p50"] = round(float(np.percentile(ms, 50)), 2)
+        out[f"{name}_recall10"] = round(float(np.mean(rec)), 4)
+    out["load_end"] = _load()
+    return out
+
+
+def indexing_speed(args) -> dict:
+    """Images per second of the image encoder alone (photos decoded beforehand) and of indexing end
+    to end (decode, encode, write to a new local Chroma folder) on the same photos."""
+    import tempfile
+
+    from data.readers import read_dataset
+    from graphs.demo import ensure_demo_world
+    from tools.embedder import Embedder
+    from tools.gallery import Gallery, record_items
+    from tools.threads import apply_thread_policy
+
+    policy = apply_thread_policy("index")
+    folder = Path(args.base) if args.base else ensure_demo_world(progress=not args.quiet)
+    ds = read_dataset(folder)
+    items = record_items(ds.split("test"), ds.format)[: args.indexing]
+    out: dict = {"photos": len(items), "threads": policy, "load_start": _load()}
+    for fold in (False, True):
+        embedder = Embedder(args.model, device="cpu", fold_batchnorm=fold)
+        pixels = np.stack([embedder.load_pixels(it.path) for it in items])
+        bs = embedder.batch_size
+        embedder.encode_pixels(pixels[:bs])  # warm-up
+        t0 = time.perf_counter()
+        for s in range(0, len(pixels), bs):
+            embedder.encode_pixels(pixels[s:s + bs])
+        out[f"encoder_{'folded' if fold else 'unfolded'}_img_s"] = round(len(items) / (time.perf_counter() - t0), 1)
+    t0 = time.perf_counter()
+    for it in items:
+        embedder.load_pixels(it.path)
+    out["decode_img_s"] = round(len(items) / (time.perf_counter() - t0), 1)
+    for decoders in (args.decoders,):
+        with tempfile.TemporaryDirectory(prefix="thi-index-speed-") as tmp:
+            g = Gallery.open("indexing-speed", embedder, data_dir=tmp)
+            t0 = time.perf_counter()
+            g.index(items, embedder, progress=False, decoders=decoders)
+            out["end_to_end_img_s"] = round(len(items) / (time.perf_counter() - t0), 1)
+    t0 = time.perf_counter()  # the encoder once more: the machine's load drifts
+    for s in range(0, len(pixels), bs):
+        embedder.encode_pixels(pixels[s:s + bs])
+    again = len(items) / (time.perf_counter() - t0)
+    out["encoder_folded_img_s_after"] = round(again, 1)
+    encoder = (out["encoder_folded_img_s"] + again) / 2
+    out["end_to_end_share_of_encoder"] = round(out["end_to_end_img_s"] / encoder, 3)
+    out["load_end"] = _load()
+    return out
+
+
+def _child(args, spec: dict, rebuild: bool = False) -> dict:
+    spec_path = Path(args.root) / "probe.json"
+    spec_path.write_text(json.dumps({**spec, "rebuild": rebuild}))
+    cmd = [sys.executable, "-m", "eval.scale", "--probe", str(spec_path), "--root", str(args.root),
+           "--model", args.model]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"probe failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else '?'}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out["child_wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def run(args) -> list[dict]:
+    from data.readers import read_dataset
+    from eval.benchmark import sample_indices, split_queries
+    from graphs.demo import open_gallery
+    from tools.embedder import Embedder
+    from tools.gallery import Gallery
+    from tools.threads import apply_thread_policy
+
+    apply_thread_policy("benchmark")
+    sizes = parse_sizes(args.sizes)
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+    embedder = Embedder(args.model, device="cpu")
+    base_gallery, folder = open_gallery(args.base, embedder, "test", progress=not args.quiet)
+    base_ids, base_emb, base_metas = base_gallery.embeddings()
+    base = (list(base_ids), np.asarray(base_emb), [dict(m) for m in base_metas])
+    records = read_dataset(folder).split("test")
+    texts, qpids, _ = split_queries(records)
+    pick = sample_indices(len(texts), args.queries, args.seed)
+    queries = [texts[i] for i in pick]
+    thi = [(texts[i], int(qpids[i])) for i in sample_indices(len(texts), args.thi_queries, args.seed + 1)]
+    spec = {"queries": queries, "thi": thi}
+    gallery = Gallery.open(IMAGE_SET, embedder, data_dir=root)
+    rows = []
+    for size in sizes:
+        t0 = time.perf_counter()
+        n = grow(gallery, base, size, args.noise, args.seed, not args.quiet)
+        grow_s = time.perf_counter() - t0
+        row = {"size": size, "n": n, "grow_s": round(grow_s, 1), "load": _load()}
+        if not args.no_build:
+            row.update(_child(args, spec, rebuild=True))
+        row.update(_child(args, spec))
+        chroma_bytes = _du(root) - _du(root / "thi-index")
+        row["disk_chroma_mb"] = round(chroma_bytes / 2**20, 1)
+        row["disk_snapshot_mb"] = round(row.get("snapshot_bytes", 0) / 2**20, 1)
+        rows.append(row)
+        print(format_row(row), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"rows": rows, "settings": vars(args) | {"construction": __doc__}},
+                                                  indent=2, default=str))
+    return rows
+
+
+HEADER = (f"{'N':>9s} {'build s':>8s} {'open s':>7s} {'first q ms':>10s} {'index B/photo':>13s} {'disk MB':>12s} "
+          f"{'exact ms':>9s} {'hnsw ms':>8s} {'hnsw R@10':>9s} {'approx ms':>9s} {'approx R@10':>11s} "
+          f"{'THI p50/p95 ms':>15s} {'load':>5s}")
+
+
+def format_row(r: dict) -> str:
+    disk = f"{r['disk_chroma_mb']:.0f}+{r['disk_snapshot_mb']:.0f}"
+    return (f"{r['n']:9d} {r.get('build_s', float('nan')):8.2f} {r['open_s']:7.3f} {r['first_query_ms']:10.1f} "
+            f"{r['rss_index_bytes_per_photo']:13.0f} {disk:>12s} {r['exact_ms_p50']:9.2f} {r['hnsw_ms_p50']:8.2f} "
+            f"{r['hnsw_recall10']:9.3f} {r['approx_ms_p50']:9.2f} {r['approx_recall10']:11.3f} "
+            f"{r['thi_overhead_ms_p50']:7.0f}/{r['thi_overhead_ms_p95']:<7.0f} {r['load_end']:5.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.scale", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default=DEFAULT_SIZES, help="gallery sizes (default %(default)s)")
+    p.add_argument("--base", help="the SynthPedes folder whose test photos are the base (default: the demo gallery)")
+    p.add_argument("--root", help="Chroma folder of the grown gallery (default $THI_HOME/scale)")
+    p.add_argument("--model", default=None, help="retrieval model (default: the shipped one)")
+    p.add_argument("--noise", type=float, default=0.2, help="norm of the noise added to each copy (default %(default)s)")
+    p.add_argument("--queries", type=int, default=50, help="captions for the search measurements (default %(default)s)")
+    p.add_argument("--thi-queries", type=int, default=30, help="captions for the THI overhead (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-build", action="store_true", help="skip the one-time copy measurement")
+    p.add_argument("--json", metavar="OUT", help="write the rows as JSON (after each size)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--indexing", type=int, metavar="PHOTOS",
+                   help="instead: measure indexing throughput against the encoder alone on this many base photos")
+    p.add_argument("--decoders", type=int, default=2, help="--indexing: decoding threads (default %(default)s)")
+    p.add_argument("--probe", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    from tools.embedder import DEFAULT_MODEL, default_home
+
+    args.model = args.model or DEFAULT_MODEL
+    args.root = args.root or str(default_home() / "scale")
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    if args.probe:
+        print(json.dumps(probe(args)))
+        return 0
+    if args.indexing:
+        r = indexing_speed(args)
+        print(json.dumps(r, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(r, indent=2))
+        return 0
+    try:
+        parse_sizes(args.sizes)
+    except ValueError as e:
+        print(f"error: --sizes: {e}", file=sys.stderr)
+        return 2
+    print(f"eval.scale: sizes {args.sizes}, noise {args.noise}, {os.cpu_count()} CPUs, load {_load()}", flush=True)
+    print(HEADER, flush=True)
+    try:
+        run(args)
+    except (RuntimeError, OSError, ValueError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
