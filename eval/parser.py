@@ -21,13 +21,13 @@ scored without changing the parser).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
 from tools.attributes import SLOT_NAMES, validate
+from tools.cliargs import ArgumentParser, add_output_arguments, legacy_json_file, non_negative_int
 from tools.mllm.parser import parse
 
 DEFAULT_SET = Path(__file__).resolve().parents[1] / "tests" / "data" / "descriptions.jsonl"
@@ -111,18 +111,16 @@ def _fmt(x: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.parser", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m eval.parser", description=__doc__.split("\n\n")[0])
     p.add_argument("--set", default=str(DEFAULT_SET), help="labelled descriptions (JSONL; default: the shipped set)")
-    p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    add_output_arguments(p, "the report", legacy_json=True)
     p.add_argument("--errors", action="store_true", help="list every wrong and missed fact with its text")
-    p.add_argument("--synthpedes", type=int, default=0, metavar="IDS",
+    p.add_argument("--synthpedes", type=non_negative_int, default=0, metavar="IDS",
                    help="also score the captions of this many SynthPedes identities, planned (not rendered) with "
                         "--seed, against what each caption states")
     p.add_argument("--seed", type=int, default=21, help="SynthPedes world seed for --synthpedes (default 21)")
     args = p.parse_args(argv)
-    if args.synthpedes < 0:
-        print("error: --synthpedes must be >= 0", file=sys.stderr)
-        return 1
+    legacy_json_file(args, p.prog)
     try:
         items = load_descriptions(args.set)
     except DescriptionSetError as e:
@@ -133,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     report["all"] = score(items)
     if args.synthpedes:
         report["synthpedes"] = score(synthpedes_captions(args.synthpedes, args.seed))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report))
+        return 0
     by_id = {it["id"]: it["text"] for it in items}
     for name, r in [*report["parts"].items(), ("all", report["all"])]:
         print(f"{name}: {r['descriptions']} descriptions, {r['facts']} labelled facts: "
@@ -149,8 +152,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{kind}:")
             for e in report["all"][kind]:
                 print(f"  {e['id']} {e['slot']}: read {e['read']}, label {e['label']} | {by_id[e['id']]}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
 
 

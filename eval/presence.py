@@ -9,7 +9,6 @@ people), negative recall (pictures without one taken for none), per kind, at the
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.synthpedes.ceiling import AnnotationError, load_annotations
+from tools.cliargs import ArgumentParser, add_output_arguments, legacy_json_file, positive_int
 from tools.mllm.recogniser import DEFAULT_WEIGHTS, Recogniser
 
 
@@ -57,26 +57,24 @@ def presence_scores(root: str | Path, split: str = "test", negatives_n: int = 20
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.presence", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m eval.presence", description=__doc__.split("\n\n")[0])
     p.add_argument("dir", help="SynthPedes folder (needs attributes.json)")
     p.add_argument("--split", default="test")
-    p.add_argument("--negatives", type=int, default=2000, help="pictures without a person to draw (default 2000)")
+    p.add_argument("--negatives", type=positive_int, default=2000, help="pictures without a person to draw (default 2000)")
     p.add_argument("--seed", type=int, default=12345, help="seed of the negatives (training uses 0 to 2)")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="recogniser weights (default: the shipped ones)")
-    p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    add_output_arguments(p, "the report", legacy_json=True, always_json=True)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    if args.negatives < 1:
-        print("error: --negatives must be >= 1", file=sys.stderr)
-        return 1
+    legacy_json_file(args, p.prog)
     try:
         report = presence_scores(args.dir, args.split, args.negatives, args.seed, args.weights, not args.quiet)
     except (AnnotationError, ValueError, FileNotFoundError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     text = json.dumps(report, indent=2)
-    if args.json:
-        Path(args.json).write_text(text)
+    if args.out:
+        Path(args.out).write_text(text)
     print(text)
     return 0
 

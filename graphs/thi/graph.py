@@ -1,6 +1,6 @@
 """The THI graph: nodes wired, every decision delegated to the run's policy.
 
-retrieve -> inspect -> (ask -> rewrite -> re_retrieve ->) converge -> (inspect | END)
+retrieve -> (inspect -> (ask -> rewrite -> re_retrieve ->) converge -> (inspect | END) | END)
 
 The nodes read the run context (``graphs.config.THIContext``, plain values), resolve it to live
 objects through ``graphs.server.resolve`` (cached per process) and ask the policy
@@ -48,7 +48,7 @@ from agents.rewriter import Rewriter
 from tools.attributes import SLOTS
 from tools.index import RowFilter
 from tools.mllm.base import Answer, Deadline, MLLMError, dialogue_deadline, grammar_merge, metering
-from tools.mllm.parser import parse
+from tools.mllm.parser import ParsedQuery, parse
 from tools.tracing import child_run
 
 from ..config import THIConfig, THIContext
@@ -285,14 +285,34 @@ def retrieve(state: THIState, runtime: Runtime[THIContext]) -> dict:
         if truncated:
             log.warning("the query exceeds the %d-token budget; the encoder does not see: %r",
                         embedder.token_budget, truncated)
+        reading = parse(query)
+        unreadable = unreadable_reason(reading, live.mllm)
+        if unreadable:
+            log.info("%s", unreadable)
         _, usage = step.account({})
+    messages: list = [HumanMessage(content=query)]
+    if unreadable:
+        messages.append(AIMessage(content=f"Stopped: {unreadable}.", name="thi"))
     # A new query starts a fresh dialogue, whatever the thread held before: every value of the last
     # one is replaced or emptied (None empties a merged or appended channel).
     return {"current_query": query, "description": query, "round": 0, "original_ranking": ranking,
             "ranking": ranking, "top1_similarity": ranking[0]["score"], "verified": None, "checked": None,
-            "anchor": None, "facts": None, "stated": parse(query).constraints, "asked": None, "rounds": None,
-            "truncated": truncated, "finished_by_user": False, "pending": None, "stopped_because": None,
-            "usage": usage, "messages": [HumanMessage(content=query)], "context": _context_values(runtime.context)}
+            "anchor": None, "facts": None, "stated": reading.constraints, "asked": None, "rounds": None,
+            "truncated": truncated, "finished_by_user": False, "pending": None, "stopped_because": unreadable,
+            "usage": usage, "messages": messages, "context": _context_values(runtime.context)}
+
+
+def unreadable_reason(reading: ParsedQuery, mllm: Any) -> str | None:
+    """Why THI does not question anyone about a description, or None when it does: a text with no
+    words, or not in English (prompts, questions and rewritten queries are English), for every
+    backend; a text that names no attribute the parser knows, for backends that understand a
+    description only through the parser (``MLLM.parses_descriptions``: they could check nothing).
+    THI then keeps the plain retrieval ranking, with no anchor and no added facts."""
+    if reading.readable:
+        return None
+    if reading.words == 0 or reading.english_words < 0.5 * reading.words or getattr(mllm, "parses_descriptions", False):
+        return f"{reading.problem}: THI asks nothing and keeps the original ranking"
+    return None
 
 
 def _context_values(ctx: Any) -> dict:
@@ -473,6 +493,10 @@ def _after_inspect(state: THIState, runtime: Runtime[THIContext]) -> Route:
     return _run(runtime)[1].after_inspect(state)
 
 
+def _after_retrieve(state: THIState) -> str:
+    return END if state.get("stopped_because") else "inspect"  # a description THI cannot read
+
+
 def _after_converge(state: THIState) -> str:
     return END if state.get("stopped_because") else "inspect"
 
@@ -510,7 +534,7 @@ def _compile(checkpointer: Any, output: type):
     g.add_node("re_retrieve", re_retrieve)
     g.add_node("converge", converge)
     g.add_edge(START, "retrieve")
-    g.add_edge("retrieve", "inspect")
+    g.add_conditional_edges("retrieve", _after_retrieve, ["inspect", END])
     g.add_conditional_edges("inspect", _after_inspect, ["ask", "converge"])
     g.add_edge("ask", "rewrite")
     g.add_edge("rewrite", "re_retrieve")

@@ -290,6 +290,9 @@ class MLLM(ABC):
     name: str = "mllm"
     #: True for backends that read ground truth (simulation only).
     is_oracle: bool = False
+    #: True for backends that understand a description only through ``tools.mllm.parser`` (the
+    #: offline and oracle backends): a description it reads nothing in gives them nothing to check
+    parses_descriptions: bool = False
     #: the chat protocol (:class:`tools.mllm.protocols.Protocol`); None for backends without prompts
     protocol = None
 

@@ -79,6 +79,7 @@ class OfflineMLLM(MLLM):
     """
 
     name = "offline"
+    parses_descriptions = True
 
     def __init__(self, recogniser: Recogniser | None = None, weights: str | Path = DEFAULT_WEIGHTS,
                  threshold: float | None = None, device: str | None = None, cache: bool = True):

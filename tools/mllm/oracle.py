@@ -33,6 +33,7 @@ class OracleMLLM(MLLM):
 
     name = "oracle"
     is_oracle = True
+    parses_descriptions = True
 
     def __init__(self, annotations: Mapping[str, Annotation], cache: bool = True):
         super().__init__(cache=cache)

@@ -45,7 +45,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from tools.attributes import COLOR_OF, NONE, SLOTS
 
@@ -1532,6 +1532,31 @@ class _Reader:
         return out, uncertain
 
 
+#: Function words of the languages a pedestrian description is most often written in besides
+#: English (German, French, Spanish, Italian, Portuguese, Dutch), none of them an English word in
+#: a description. Two of them outnumbering the English function words mark a text as not English.
+FOREIGN_FUNCTION_WORDS = frozenset("""
+ein eine einen einem einer der die das den dem des und mit ist trägt tragt hat auf einer schwarzer roter blauer
+un une le la les des et avec est porte sur du au aux dans
+el los las una y con lleva tiene unos unas del
+il lo gli uno della con che indossa ha
+um uma os com e está usa
+een het en met draagt heeft
+""".split())
+#: English function words of descriptions (articles, prepositions, pronouns, auxiliaries).
+ENGLISH_FUNCTION_WORDS = frozenset("""
+a an the and with in on of is has his her he she wears wearing wore carries carrying holding at to by
+from this that who which are was its their they
+""".split())
+
+
+def _foreign(words: Sequence[str]) -> bool:
+    """Whether ``words`` (lower-case) read as another language than English (see
+    :data:`FOREIGN_FUNCTION_WORDS`)."""
+    foreign = sum(1 for w in words if w in FOREIGN_FUNCTION_WORDS)
+    return foreign >= 2 and foreign > sum(1 for w in words if w in ENGLISH_FUNCTION_WORDS)
+
+
 def parse(text: str) -> ParsedQuery:
     """Read attribute constraints from ``text`` (see the module docstring for how).
 
@@ -1541,6 +1566,12 @@ def parse(text: str) -> ParsedQuery:
     toks, corrected = _tokenise(text or "")
     words = [t for t in _normalise_words(text or "") if t.isalpha()]
     english = sum(1 for w in words if is_english_word(w) or w in corrected)
+    if not words and any(ch.isalpha() for ch in text or ""):
+        return ParsedQuery(words=1, english_words=0)  # letters of another script only: not English
+    if _foreign(words):
+        # another language whose words look English to a dictionary ("Hose", "roter"): the
+        # spelling correction would read "Jacke" as a jacket; nothing is read
+        return ParsedQuery(words=len(words), english_words=0)
     reader = _Reader(toks)
     reader.chunk()
     reader.scopes()
