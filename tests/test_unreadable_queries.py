@@ -67,6 +67,17 @@ def test_a_chat_backend_still_gets_english_without_known_attributes_but_not_germ
     assert "does not look like English" in state["stopped_because"]
 
 
+def test_with_a_user_the_dialogue_goes_on_since_the_answers_carry_the_facts(setup):  # noqa: F811
+    from agents.users import SimulatedUser
+
+    idx = setup["index"]
+    target = idx.ids[0]
+    user = SimulatedUser(ScriptedMLLM([]), idx.image(target))
+    state = run("a person", live_context(idx, ScriptedMLLM([True, True]), THIConfig(policy="adaptive"), user=user))
+    assert state["rounds"] and state["rounds"][0]["inspected"]
+    assert "asks nothing" not in (state["stopped_because"] or "")
+
+
 def test_the_cli_says_it_in_one_line(setup, capsys):  # noqa: F811
     args = ["--query", NOT_ENGLISH[2], "--gallery", str(setup["world"]), "--model", setup["model"],
             "--data-dir", str(setup["db"]), "--quiet"]

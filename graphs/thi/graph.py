@@ -286,7 +286,7 @@ def retrieve(state: THIState, runtime: Runtime[THIContext]) -> dict:
             log.warning("the query exceeds the %d-token budget; the encoder does not see: %r",
                         embedder.token_budget, truncated)
         reading = parse(query)
-        unreadable = unreadable_reason(reading, live.mllm)
+        unreadable = None if live.user is not None else unreadable_reason(reading, live.mllm)
         if unreadable:
             log.info("%s", unreadable)
         _, usage = step.account({})
@@ -303,11 +303,12 @@ def retrieve(state: THIState, runtime: Runtime[THIContext]) -> dict:
 
 
 def unreadable_reason(reading: ParsedQuery, mllm: Any) -> str | None:
-    """Why THI does not question anyone about a description, or None when it does: a text with no
-    words, or not in English (prompts, questions and rewritten queries are English), for every
-    backend; a text that names no attribute the parser knows, for backends that understand a
-    description only through the parser (``MLLM.parses_descriptions``: they could check nothing).
-    THI then keeps the plain retrieval ranking, with no anchor and no added facts."""
+    """Why THI, without a user, does not question the MLLM about a description, or None when it
+    does: a text with no words, or not in English (prompts, questions and rewritten queries are
+    English), for every backend; a text that names no attribute the parser knows, for backends that
+    understand a description only through the parser (``MLLM.parses_descriptions``: they could
+    check nothing). THI then keeps the plain retrieval ranking, with no anchor and no added facts.
+    With a user (a person or a simulated one) the dialogue goes on: the answers carry the facts."""
     if reading.readable:
         return None
     if reading.words == 0 or reading.english_words < 0.5 * reading.words or getattr(mllm, "parses_descriptions", False):
