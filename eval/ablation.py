@@ -1,8 +1,8 @@
 """python -m eval.ablation DIR: the headline table: base / +RDA / +THI / +RDA+THI.
 
-Two designs, the two rows of each differing only in RDA. ``--from-scratch`` (the README's headline
-table): both models are trained from random weights with v3's recipe, one on the original captions
-(``base``; that is ``synthpedes-small``, v3, the earlier default model) and one with RDA
+Two designs, the two rows of each differing only in RDA. ``--from-scratch`` (the ablation table in
+docs/results.md, section 7): both models are trained from random weights with v3's recipe, one on
+the original captions (``base``; that is ``synthpedes-small``, v3, the earlier default model) and one with RDA
 (``rda``), about an hour each on 2 cores. Without it, a short continuation: both start from v3 and
 train the same few more epochs (about 20 minutes in all). Then it runs plain retrieval and THI (adaptive policy,
 offline MLLM, no user) with both on the SynthPedes test split, and writes
@@ -26,11 +26,11 @@ from tools.mllm import make_mllm
 from tools.text import printable
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "ablation.json"
-#: how the base model (``synthpedes-small``, v3) was trained; README "Retrieval core" has the full recipe
+#: how the base model (``synthpedes-small``, v3) was trained; docs/training.md, "synthpedes-small (v3)", has the full recipe
 SHIPPED_MODEL_COMMAND = ("python -m train synthpedes --out runs/synthpedes-small-v3 --scratch "
                          "--pretrain-world synthpedes-pretrain --pretrain-world synthpedes-attr --pretrain-epochs 4 "
                          "--text-pretrain-epochs 1 --epochs 20 --save-dtype fp16")
-#: the shipped recipe's attribute pre-training worlds (README "Retrieval core")
+#: the shipped recipe's attribute pre-training worlds (docs/training.md, "The worlds")
 PRETRAIN_WORLDS = ("synthpedes-pretrain", "synthpedes-attr")
 
 

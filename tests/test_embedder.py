@@ -102,7 +102,7 @@ def test_shipped_models_load_by_name_and_match_captions_to_their_photos(name, sm
 def test_the_default_model_is_the_shipped_model_that_meets_the_quality_target():
     from tools.embedder import DEFAULT_MODEL, shipped_models
 
-    # v7 is the shipped model that meets the retrieval issue's target (README "Retrieval core")
+    # v7 is the shipped model that meets the retrieval quality target (docs/results.md, "Targets at a glance")
     assert DEFAULT_MODEL == "synthpedes-small-v7" and DEFAULT_MODEL in shipped_models()
     default = Embedder(device="cpu")
     v7, v3 = Embedder("synthpedes-small-v7", device="cpu"), Embedder("synthpedes-small", device="cpu")
