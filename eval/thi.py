@@ -327,8 +327,17 @@ def plot_rounds(reports: list[dict], out: str | Path) -> None:
     plt.close(fig)
 
 
-def _mllm(kind: str, root: Path, device: str | None, flip: float = 0.0, protocol: str | None = None) -> MLLM:
-    m = make_backend(kind, root, protocol=protocol, **({"device": device} if kind == "offline" else {}))
+def _mllm(kind: str, root: Path, device: str | None, flip: float = 0.0, protocol: str | None = None,
+          server: dict | None = None) -> MLLM:
+    options: dict = {"device": device} if kind == "offline" else {}
+    if kind in ("openai", "transformers"):
+        options.update({k: v for k, v in (server or {}).items()
+                        if v is not None and (k in ("base_url", "model", "timeout")) == (kind == "openai")})
+        if kind == "transformers":
+            if not options.get("path"):
+                raise ValueError("--mllm transformers needs --mllm-path FOLDER")
+            options["device"] = device
+    m = make_backend(kind, root, protocol=protocol, **options)
     m.preflight()  # a server that cannot answer fails here, in one line, before the benchmark's work
     return NoisyVerifier(m, flip) if flip > 0 else m
 
@@ -356,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user", choices=("none", "simulated"), default="none",
                    help="none: THI knows only the caption; simulated: the MLLM answers about the true target photo")
     p.add_argument("--user-mllm", choices=BACKENDS, help="backend of the simulated user (default: --mllm)")
+    p.add_argument("--mllm-url", help="openai: base URL of an OpenAI-compatible server (or $THI_MLLM_BASE_URL)")
+    p.add_argument("--mllm-model", help="openai: model name (or $THI_MLLM_MODEL)")
+    p.add_argument("--mllm-path", help="transformers: folder of a local image-text-to-text model")
+    p.add_argument("--mllm-timeout", type=float, help="openai: seconds per request (default: the backend's, 60)")
     p.add_argument("--mllm-protocol", metavar="ours|icl|FILE.json",
                    help="chat backends: how the MLLM is talked to (default: ours)")
     p.add_argument("--mllm-dialogue-timeout", type=float, metavar="S",
@@ -403,8 +416,11 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         root = Path(args.dir)
         # the MLLMs first: a server that cannot answer fails in seconds, before the model loads
-        backends = [(_mllm(args.mllm, root, args.device, args.flip, args.mllm_protocol),
-                     _mllm(args.user_mllm, root, args.device) if args.user_mllm else None) for _ in cfgs]
+        server = {"base_url": args.mllm_url, "model": args.mllm_model, "timeout": args.mllm_timeout,
+                  "path": args.mllm_path}
+        backends = [(_mllm(args.mllm, root, args.device, args.flip, args.mllm_protocol, server),
+                     _mllm(args.user_mllm, root, args.device, server=server) if args.user_mllm else None)
+                    for _ in cfgs]
         embedder = embedder_from_args(args)
         if not args.quiet:
             print(embedder.describe(), file=sys.stderr)

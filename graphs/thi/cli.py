@@ -298,7 +298,8 @@ def _print_round(r: dict, above_one: str | None = None, rank: int | None = None,
     print(f"  anchor: {printable(r['anchor']) or '-'}")
     for a in r["answers"]:
         value = printable(a["value"]) if a["value"] is not None else "cannot tell"
-        said = f" (said: {printable(a['text'], max_len=120)!r})" if a.get("text") and a["text"] != a["value"] else ""
+        said = (f" (said: {printable(a['text'], max_len=120)!r})"
+                if a.get("text") and printable(a["text"]).lower() not in (value.lower(), "") else "")
         print(f"  Q: {printable(a['question'])}  A: {value}{said}  [{printable(a['source'])}]")
     if r["rewritten_query"]:
         print(f"  rewritten query: {printable(r['rewritten_query'])}")

@@ -139,7 +139,12 @@ def dumps(data: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    out = Path(argv[0]) if argv else GOLDEN
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m tests.data.make_thi_golden",
+                                description="Write the golden record of THI dialogues (see the module docstring).")
+    p.add_argument("out", nargs="?", default=str(GOLDEN), help="where to write it (default: %(default)s)")
+    out = Path(p.parse_args(argv).out)
     with tempfile.TemporaryDirectory() as tmp:
         world = Path(tmp) / "synthpedes"
         generate(world, SMALL, workers=1, progress=False)

@@ -484,13 +484,14 @@ class CircuitBreaker:
             raise MLLMError(f"not tried: the backend stopped after {self._error.kind}: {self._error}",
                             kind="unavailable")
 
-    def record(self, error: MLLMError | None) -> None:
+    def record(self, error: MLLMError | None, quiet: bool = False) -> None:
         """Record a call's outcome: success (None) or a failure that shows the server answered
-        closes the breaker; a failure of a ``trip_on`` kind opens it; a ``deadline`` failure (the
-        dialogue's time ran out, which says nothing about the server) leaves it as it is."""
+        closes the breaker; a failure of a ``trip_on`` kind opens it (with a warning, unless
+        ``quiet``: the caller raises the error itself); a ``deadline`` failure (the dialogue's time
+        ran out, which says nothing about the server) leaves it as it is."""
         with self._lock:
             if error is not None and error.kind in self.trip_on:
-                if self._error is None:
+                if self._error is None and not quiet:
                     log.warning("MLLM backend stops trying after %s: %s", error.kind, error)
                 self._error, self._opened_at = error, time.monotonic()
             elif error is None or error.kind != "deadline":

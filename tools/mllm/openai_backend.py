@@ -178,7 +178,7 @@ class OpenAIMLLM(ChatMLLM):
         try:
             listed = self._call(lambda: self.client.models.list(), options)
         except MLLMError as e:
-            self.breaker.record(e)
+            self.breaker.record(e, quiet=True)  # the error is the caller's one line
             raise
         self.breaker.record(None)
         names = [m for m in (_get(x, "id") for x in (_get(listed, "data") or [])) if isinstance(m, str)]
