@@ -363,7 +363,9 @@ def test_one_thread_policy_for_torch_and_blas():
             "apply_thread_policy, usable_cores\np = apply_thread_policy('query')\n"
             "blas = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
             "print(json.dumps([p['torch'], p['blas'], torch.get_num_threads(), blas, usable_cores()]))")
-    got = json.loads(_py(code).stdout.strip().splitlines()[-1])
+    got = json.loads(_py(code).stdout.strip().splitlines()[-1])  # per-query work: one torch thread
+    assert got[0] == got[2] == 1 and got[1] == 1 and set(got[3]) == {1}
+    got = json.loads(_py(code.replace("'query'", "'index'")).stdout.strip().splitlines()[-1])  # batches: every core
     assert got[0] == got[2] == got[4] and got[1] == 1 and set(got[3]) == {1}
     got = json.loads(_py(code, env={"THI_BLAS_THREADS": "2", "THI_TORCH_THREADS": "1"}).stdout.strip().splitlines()[-1])
     assert got[0] == got[2] == 1 and got[1] == 2 and set(got[3]) == {2}
