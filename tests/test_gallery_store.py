@@ -372,6 +372,14 @@ def test_one_thread_policy_for_torch_and_blas():
     assert got[0] == got[2] == 1 and got[1] == 2 and set(got[3]) == {2}
 
 
+def test_the_thread_policy_refuses_an_unknown_workload():
+    from tools.threads import WORKLOADS, apply_thread_policy
+
+    assert WORKLOADS == ("index", "benchmark", "query")
+    with pytest.raises(ValueError, match="unknown workload 'serve'"):
+        apply_thread_policy("serve")
+
+
 def test_a_gallery_opened_without_the_model_names_who_is_indexing_it(tmp_path, home, tiny):
     """A reader never takes a collection being indexed by another process for "not indexed"."""
     db = tmp_path / "db"
