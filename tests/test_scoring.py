@@ -181,7 +181,7 @@ def test_thi_dialogues_rank_the_same_top_100_on_the_shortlist_as_on_the_whole_ga
     assert not used
     for (s, fs), (w, fw) in zip(short, whole):
         assert [c["id"] for c in s["ranking"]] == [c["id"] for c in w["ranking"]] and len(s["ranking"]) == 100
-        def same(r):  # a round's record without its time
+        def same(r):  # a round's record without its times (work, MLLM calls, a person's wait)
             return {k: v for k, v in r.items() if k not in ("ms", "mllm_ms", "wait_ms")}
 
         assert s["ranking"] == w["ranking"]  # scores too
