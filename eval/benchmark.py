@@ -147,7 +147,7 @@ def _chroma_check(records, emb, txt, sim, data_dir, url, progress, root, split, 
                     "query_ms_p50": round(float(np.percentile(latency, 50)), 3),
                     "query_ms_p95": round(float(np.percentile(latency, 95)), 3)}
             if approximate:
-                out["approximate"] = part | {"search": "HNSW candidates (10x over-fetch) re-scored exactly"}
+                out["approximate"] = part | {"search": "HNSW candidates (max(10k, 1000)) re-scored exactly"}
             else:
                 out.update(part | {"search": "exact"})
         return out

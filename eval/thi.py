@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     legacy_json_file(args, p.prog)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s: %(message)s")
-    apply_thread_policy("benchmark")
+    apply_thread_policy("query")  # one dialogue at a time: per-query work
     try:
         extra = json.loads(args.config)
         if not isinstance(extra, dict):

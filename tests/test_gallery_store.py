@@ -309,11 +309,12 @@ def test_three_concurrent_writers_through_a_server_index_each_photo_once(tmp_pat
 
 @pytest.mark.slow
 def test_ten_concurrent_writers_through_a_server_index_3000_photos_once(tmp_path, home, tiny, tiny_dir):
-    """The done-when case: ten writers, the same ~3,000 photos (a generated world's test split)."""
+    """Ten writers, the same 3,000+ photos (a generated world's test split: 1,000 people, as many as the
+    default world's; photos per person vary with the generator)."""
     from data.synthpedes import WorldConfig, generate
 
     world = tmp_path / "world"
-    generate(world, WorldConfig(seed=11, train_ids=0, val_ids=0, test_ids=940), workers=2, progress=False)
+    generate(world, WorldConfig(seed=11, train_ids=0, val_ids=0, test_ids=1000), workers=2, progress=False)
     ds = read_dataset(world)
     its = record_items(ds.split("test"), ds.format)
     assert len(its) >= 3000
@@ -363,10 +364,20 @@ def test_one_thread_policy_for_torch_and_blas():
             "apply_thread_policy, usable_cores\np = apply_thread_policy('query')\n"
             "blas = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
             "print(json.dumps([p['torch'], p['blas'], torch.get_num_threads(), blas, usable_cores()]))")
-    got = json.loads(_py(code).stdout.strip().splitlines()[-1])
+    got = json.loads(_py(code).stdout.strip().splitlines()[-1])  # per-query work: one torch thread
+    assert got[0] == got[2] == 1 and got[1] == 1 and set(got[3]) == {1}
+    got = json.loads(_py(code.replace("'query'", "'index'")).stdout.strip().splitlines()[-1])  # batches: every core
     assert got[0] == got[2] == got[4] and got[1] == 1 and set(got[3]) == {1}
     got = json.loads(_py(code, env={"THI_BLAS_THREADS": "2", "THI_TORCH_THREADS": "1"}).stdout.strip().splitlines()[-1])
     assert got[0] == got[2] == 1 and got[1] == 2 and set(got[3]) == {2}
+
+
+def test_the_thread_policy_refuses_an_unknown_workload():
+    from tools.threads import WORKLOADS, apply_thread_policy
+
+    assert WORKLOADS == ("index", "benchmark", "query")
+    with pytest.raises(ValueError, match="unknown workload 'serve'"):
+        apply_thread_policy("serve")
 
 
 def test_a_gallery_opened_without_the_model_names_who_is_indexing_it(tmp_path, home, tiny):

@@ -67,6 +67,10 @@ class StringColumn(Sequence[str]):
     def __init__(self, blob: np.ndarray, offsets: np.ndarray):
         self.blob = blob
         self.offsets = offsets
+        # plain ndarray views of the same memory: np.memmap's per-item __getitem__ costs more than
+        # the read itself, and a lookup (bisection) reads ~2 log2(N) of them
+        self._blob = blob.view(np.ndarray)
+        self._off = offsets.view(np.ndarray)
 
     @classmethod
     def load(cls, prefix: Path, n: int) -> "StringColumn":
@@ -92,8 +96,8 @@ class StringColumn(Sequence[str]):
         return len(self.offsets) - 1
 
     def _one(self, i: int) -> str:
-        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        return self.blob[a:b].tobytes().decode("utf-8", "surrogatepass")
+        a, b = int(self._off[i]), int(self._off[i + 1])
+        return self._blob[a:b].tobytes().decode("utf-8", "surrogatepass")
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):

@@ -10,11 +10,18 @@ eval.scale``, docs/results.md):
 * a gallery matrix-vector product is memory-bound: one BLAS thread is as fast as two from 300k
   photos up (1M x 256: 198 ms on one thread, 214 ms on two, machine load ~6), and avoids the
   floor on small ones;
-* the encoders (torch) gain from every core.
+* batched encoding (indexing a folder, encoding a whole query split) gains from every core;
+* per-query work (one caption, a handful of photos through the offline MLLM's recogniser: tensors
+  of a few KB per operator) does not, and on a loaded machine each of its operators waits at an
+  OpenMP barrier for a descheduled second thread: the recogniser on 4 photos took 1.6 s with 2
+  torch threads against 40-60 ms with one (load average ~6 on 2 cores, 2026-11-30), 50 photos
+  2.3 s against 0.5 s. Two threads are 13-29% faster on a quiet machine; one thread never
+  collapses.
 
-So the policy: torch intra-op threads = the cores this process may use, BLAS threads = 1, torch
-inter-op threads = 1. ``THI_TORCH_THREADS`` and ``THI_BLAS_THREADS`` override it (e.g. on a big
-machine serving one query at a time). It also keeps freed memory in the process (glibc
+So the policy: torch intra-op threads = the cores this process may use for the ``index`` and
+``benchmark`` workloads (batched encoding), 1 for ``query`` (THI dialogues, the CLI's queries, the
+service, ``eval.thi``); BLAS threads = 1; torch inter-op threads = 1. ``THI_TORCH_THREADS`` and
+``THI_BLAS_THREADS`` override it (e.g. a quiet machine serving one query at a time). It also keeps freed memory in the process (glibc
 ``mallopt``): the image encoder allocates the same large activations for every batch, and
 returning them to the OS between batches makes each batch page-fault them in again.
 
@@ -31,6 +38,7 @@ import os
 log = logging.getLogger(__name__)
 
 _applied: dict | None = None
+WORKLOADS = ("index", "benchmark", "query")
 
 
 def usable_cores() -> int:
@@ -72,13 +80,16 @@ def keep_freed_memory() -> bool:
 
 def apply_thread_policy(workload: str = "query") -> dict:
     """Set the thread policy (see the module docstring) once per process; returns what was set:
-    ``{"torch": n, "blas": n, "cores": n, "malloc_keep": bool}``. ``workload`` is recorded only
-    (indexing and querying share the policy; indexing's decoding threads are its own)."""
+    ``{"torch": n, "blas": n, "cores": n, "malloc_keep": bool}``. ``workload``: ``"index"`` or
+    ``"benchmark"`` (batched encoding: torch gets every core) or ``"query"`` (per-query work: one
+    torch thread); indexing's decoding threads are its own. Raises ValueError for another workload."""
     global _applied
+    if workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {workload!r} (one of {', '.join(WORKLOADS)})")
     if _applied is not None:
         return _applied
     cores = usable_cores()
-    torch_threads = _env_int("THI_TORCH_THREADS") or cores
+    torch_threads = _env_int("THI_TORCH_THREADS") or (1 if workload == "query" else cores)
     blas_threads = _env_int("THI_BLAS_THREADS") or 1
     try:
         from threadpoolctl import threadpool_limits

@@ -38,6 +38,26 @@ from tools.index import GalleryIndex, RowFilter
 SHORTLIST = 2000
 
 
+class _Positions:
+    """Row -> position in ``rows`` for the few rows a fusion replaces or moves: bisection of a
+    sorted copy instead of a dict of every shortlisted row."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = np.asarray(rows)
+        self.order = np.argsort(self.rows, kind="stable")
+        self.sorted = self.rows[self.order]
+
+    def _find(self, r: int) -> int:
+        i = int(np.searchsorted(self.sorted, r))
+        return int(self.order[i]) if i < len(self.sorted) and self.sorted[i] == r else -1
+
+    def __contains__(self, r: int) -> bool:
+        return self._find(r) >= 0
+
+    def __getitem__(self, r: int) -> int:
+        return self._find(r)
+
+
 @dataclass
 class Term:
     """``weight * vector``, the vector (an index key: ``("text", text)`` or ``("image", id)``)
@@ -64,7 +84,7 @@ class Fusion:
     def evaluate(self, index: GalleryIndex, rows: np.ndarray | None = None) -> np.ndarray:
         """float32 scores of ``rows`` (default: every image, in the index's order)."""
         acc = None
-        where = None if rows is None else {int(r): n for n, r in enumerate(rows)}
+        where = None if rows is None else _Positions(rows)
         for term in self.terms:
             v = index.vector(term.key)
             v = v.copy() if rows is None else v[rows]
