@@ -27,8 +27,8 @@ from agents.inspector import AdaptiveInspector
 from ..config import THIConfig
 from ..server import Live
 from ..state import RoundRecord, THIState
-from .policy import (CONVERGED, NO_ANCHOR, NOTHING_NEW, ROUND_LIMIT, Answerer, Policy, Route, check_candidate,
-                     disagreement_questions, prefetch, same_top, verifications)
+from .policy import (NO_ANCHOR, Answerer, Policy, Route, check_candidate, disagreement_questions, prefetch, settled,
+                     verifications)
 from .scoring import Fusion, Term
 
 
@@ -129,10 +129,4 @@ class AdaptivePolicy(Policy):
         if state["anchor"] is None:
             spent = verifications(rounds) >= self.anchor_budget  # nothing left for another round
             return NO_ANCHOR if round_no >= self.config.rounds or not pending["inspected"] or spent else None
-        if not (pending.get("new_facts") or pending["inspected"]):
-            return NOTHING_NEW
-        if same_top(state, rounds, self.config.k) and not pending.get("new_facts") and round_no > 1:
-            return CONVERGED
-        if round_no >= self.config.rounds:
-            return ROUND_LIMIT
-        return None
+        return settled(state, rounds, pending, self.config.k, self.config.rounds)

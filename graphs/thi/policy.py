@@ -254,6 +254,19 @@ def disagreement_questions(state: THIState, live: Live, per_round: int, include_
     return with_items(questioner.choose(known(state), state["asked"]))
 
 
+def settled(state: THIState, rounds: list[RoundRecord], pending: dict, k: int, limit: int) -> str | None:
+    """The stop reasons shared by the adaptive policies once a round has run: nothing new learned
+    (no new fact, nothing checked), the top-``k`` unchanged after round 1 with no new fact, or the
+    round ``limit``; None when the dialogue goes on."""
+    if not (pending.get("new_facts") or pending["inspected"]):
+        return NOTHING_NEW
+    if same_top(state, rounds, k) and not pending.get("new_facts") and pending["round"] > 1:
+        return CONVERGED
+    if pending["round"] >= limit:
+        return ROUND_LIMIT
+    return None
+
+
 def same_top(state: THIState, rounds: list[RoundRecord], k: int) -> bool:
     """Whether this round left the top-k ids as the round before (or the original ranking) had them."""
     before = rounds[-2]["topk"] if len(rounds) > 1 else state["original_ranking"][:k]

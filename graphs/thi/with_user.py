@@ -33,8 +33,8 @@ from tools.mllm.base import Answer, MLLMError, grammar_merge
 from ..config import THIConfig
 from ..server import Live
 from ..state import RoundRecord, THIState
-from .policy import (CONVERGED, NOTHING_NEW, ROUND_LIMIT, USER_FINISHED, Answerer, Policy, Route, check_candidate,
-                     disagreement_questions, known, prefetch, same_top, skipped, verifications)
+from .policy import (USER_FINISHED, Answerer, Policy, Route, check_candidate, disagreement_questions, known, prefetch,
+                     settled, skipped, verifications)
 from .scoring import Fusion, Term
 
 
@@ -146,13 +146,6 @@ class WithUserPolicy(Policy):
         return Fusion(terms, moves)
 
     def stop(self, state: THIState, rounds: list[RoundRecord], pending: dict) -> str | None:
-        round_no = pending["round"]
         if state.get("finished_by_user"):
             return USER_FINISHED
-        if not (pending.get("new_facts") or pending["inspected"]):
-            return NOTHING_NEW
-        if same_top(state, rounds, self.config.k) and not pending.get("new_facts") and round_no > 1:
-            return CONVERGED
-        if round_no >= self.config.rounds:
-            return ROUND_LIMIT
-        return None
+        return settled(state, rounds, pending, self.config.k, self.config.rounds)
