@@ -54,6 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tools.cliargs import add_output_arguments, legacy_json_file
+
 log = logging.getLogger(__name__)
 
 IMAGE_SET = "scale-growth"
@@ -377,10 +379,11 @@ def run(args) -> list[dict]:
         row["disk_chroma_mb"] = round(chroma_bytes / 2**20, 1)
         row["disk_snapshot_mb"] = round(row.get("snapshot_bytes", 0) / 2**20, 1)
         rows.append(row)
-        print(format_row(row), flush=True)
-        if args.json:
-            Path(args.json).write_text(json.dumps({"rows": rows, "settings": vars(args) | {"construction": __doc__}},
-                                                  indent=2, default=str))
+        if not args.json:
+            print(format_row(row), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps({"rows": rows, "settings": vars(args) | {"construction": __doc__}},
+                                                 indent=2, default=str))
     return rows
 
 
@@ -410,13 +413,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--thi-queries", type=int, default=30, help="captions for the THI overhead (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-build", action="store_true", help="skip the one-time copy measurement")
-    p.add_argument("--json", metavar="OUT", help="write the rows as JSON (after each size)")
+    add_output_arguments(p, "the rows (written after each size)", legacy_json=True)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--indexing", type=int, metavar="PHOTOS",
                    help="instead: measure indexing throughput against the encoder alone on this many base photos")
     p.add_argument("--decoders", type=int, default=2, help="--indexing: decoding threads (default %(default)s)")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    legacy_json_file(args, p.prog)
     from tools.embedder import DEFAULT_MODEL, default_home
 
     args.model = args.model or DEFAULT_MODEL
@@ -428,21 +432,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.indexing:
         r = indexing_speed(args)
         print(json.dumps(r, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(r, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(r, indent=2))
         return 0
     try:
         parse_sizes(args.sizes)
     except ValueError as e:
         print(f"error: --sizes: {e}", file=sys.stderr)
         return 2
-    print(f"eval.scale: sizes {args.sizes}, noise {args.noise}, {os.cpu_count()} CPUs, load {_load()}", flush=True)
-    print(HEADER, flush=True)
+    if not args.json:
+        print(f"eval.scale: sizes {args.sizes}, noise {args.noise}, {os.cpu_count()} CPUs, load {_load()}", flush=True)
+        print(HEADER, flush=True)
     try:
-        run(args)
+        rows = run(args)
     except (RuntimeError, OSError, ValueError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
+    if args.json:
+        print(json.dumps({"rows": rows, "settings": vars(args) | {"construction": __doc__}}, default=str))
     return 0
 
 

@@ -355,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     d = THIConfig()
     p = ArgumentParser(prog="python -m eval.thi", description=__doc__.split("\n\n")[0])
     p.add_argument("dir", help="dataset folder")
-    p.add_argument("--format", default="auto", choices=("auto",) + FORMAT_NAMES)
-    p.add_argument("--split", default="test")
+    p.add_argument("--format", default="auto", choices=("auto",) + FORMAT_NAMES,
+                   help="dataset layout (default: recognised from the annotation file)")
+    p.add_argument("--split", default="test", help="split whose captions are the queries (default %(default)s)")
     p.add_argument("--skip-missing", action="store_true", help="leave out records whose image file is missing (warns)")
     p.add_argument("--mllm", default="offline", choices=BACKENDS,
                    help="offline (default), oracle (simulation only), openai, transformers")
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="discard the journal beside --out (a run with other settings refuses it otherwise)")
     p.add_argument("--plot", metavar="OUT.png", help="plot R1 per round for each policy")
     p.add_argument("--trace", metavar="FILE.jsonl", help="write every query's rounds")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     legacy_json_file(args, p.prog)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s: %(message)s")
@@ -415,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         root = Path(args.dir)
-        # the MLLMs first: a server that cannot answer fails in seconds, before the model loads
+        # the dataset and the MLLMs first: a missing folder or a server that cannot answer fails in
+        # seconds, before the model loads
+        read_dataset(root, args.format, skip_missing=args.skip_missing, splits=[args.split])
         server = {"base_url": args.mllm_url, "model": args.mllm_model, "timeout": args.mllm_timeout,
                   "path": args.mllm_path}
         backends = [(_mllm(args.mllm, root, args.device, args.flip, args.mllm_protocol, server),

@@ -591,6 +591,9 @@ def _main(argv: list[str] | None, where: dict) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2))
+    for what, path in (("trace", args.trace), ("report", args.report), ("JSON", args.out)):
+        if path and not args.quiet:
+            print(f"{what} written to {printable_path(path)}", file=sys.stderr)
     if args.json:
         print(json.dumps(out))
     else:
