@@ -39,7 +39,7 @@ from tools.index import GalleryIndex
 from tools.mllm import BACKENDS, MLLM, MLLMError
 from tools.mllm.base import ImageRef, Verdict
 from tools.text import printable, printable_path
-from tools.threads import apply_thread_policy
+from tools.threads import apply_thread_policy, per_query_threads
 
 from .benchmark import sample_indices, split_queries
 from .metrics import METRIC_KEYS, NoMatchError, rank_metrics, summary
@@ -160,6 +160,7 @@ def _aggregate(first: np.ndarray, ap: np.ndarray, inp: np.ndarray) -> dict:
     return {k: round(v, 2) for k, v in out.items()}
 
 
+@per_query_threads()  # dialogues one at a time: per-query work, whatever the caller's policy
 def run_thi_benchmark(root: str | Path, config: THIConfig, mllm: MLLM, embedder: Embedder, split: str = "test",
                       format: str = "auto", user: str = "none", user_mllm: MLLM | None = None,
                       limit: int | None = None, seed: int = 0, data_dir: str | Path | None = None,

@@ -34,6 +34,8 @@ import ctypes
 import ctypes.util
 import logging
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +111,18 @@ def apply_thread_policy(workload: str = "query") -> dict:
     _applied = {"torch": torch_threads, "blas": blas_threads, "cores": cores, "workload": workload,
                 "malloc_keep": keep_freed_memory()}
     return _applied
+
+
+@contextmanager
+def per_query_threads() -> Iterator[None]:
+    """Run the ``with`` block with the ``"query"`` workload's torch thread count (one, or
+    ``THI_TORCH_THREADS``), then restore the count: for a per-query loop inside a process whose
+    policy is another (``eval.ablation`` encodes a gallery, then runs THI dialogues)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(_env_int("THI_TORCH_THREADS") or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
