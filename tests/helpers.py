@@ -56,26 +56,28 @@ def free_port() -> int:
 
 
 @contextmanager
-def chroma_server(path: Path):
-    """A Chroma server (``chroma run``, installed with chromadb) on 127.0.0.1, storing under
-    ``path``; yields its URL and stops it on exit."""
-    exe = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
-    port = free_port()
-    proc = subprocess.Popen([exe, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+def server_process(cmd: list[str], url: str, health: str, name: str, timeout: float, log_path: Path | None = None,
+                   **popen):
+    """Run ``cmd`` (a server listening at ``url``) until ``url + health`` answers 200 within
+    ``timeout`` seconds; yield ``url``; stop the process on exit. Output goes to ``log_path`` (its
+    tail is in the error when the process exits at start) or nowhere."""
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, **popen)
     try:
-        deadline = time.time() + 60
+        deadline = time.monotonic() + timeout
         while True:
+            if proc.poll() is not None:
+                tail = f": {log_path.read_text()[-2000:]}" if log_path else ""
+                raise RuntimeError(f"{name} exited at start ({proc.returncode}){tail}")
             try:
-                urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1)
-                break
+                with urllib.request.urlopen(url + health, timeout=2) as r:
+                    if r.status == 200:
+                        break
             except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError("chroma server exited at start") from None
-                if time.time() > deadline:
-                    raise RuntimeError("chroma server did not start in 60 s") from None
-                time.sleep(0.3)
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start within {timeout:g} s")
+            time.sleep(0.3)
         yield url
     finally:
         proc.terminate()
@@ -83,3 +85,16 @@ def chroma_server(path: Path):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if log_path:
+            log.close()
+
+
+@contextmanager
+def chroma_server(path: Path):
+    """A Chroma server (``chroma run``, installed with chromadb) on 127.0.0.1, storing under
+    ``path``; yields its URL and stops it on exit."""
+    exe = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+    port = free_port()
+    with server_process([exe, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+                        f"http://127.0.0.1:{port}", "/api/v2/heartbeat", "chroma server", 60) as url:
+        yield url

@@ -30,8 +30,9 @@ import re
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from aiohttp import web
 from PIL import Image
@@ -262,6 +263,25 @@ class QwenLikeServer:
             "model": body.get("model", self.model), "choices": [choice],
             "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
         }).encode()
+
+
+@contextmanager
+def server_pool(responder: Callable[[dict, list[Image.Image]], str]) -> Iterator[Callable[..., QwenLikeServer]]:
+    """A starter of :class:`QwenLikeServer` s (``start(mode="answer", responder=..., **kw)``;
+    ``responder`` defaults to the one given here); every server started is closed on exit."""
+    servers: list[QwenLikeServer] = []
+
+    def start(mode: str = "answer", **kw) -> QwenLikeServer:
+        server = QwenLikeServer(kw.pop("responder", responder), **kw)
+        server.mode = mode
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for s in servers:
+            s.close()
 
 
 class ClosingServer:

@@ -27,7 +27,7 @@ from tools.mllm import make_mllm, metering
 from tools.mllm.chat import ChatMLLM
 from tools.mllm.oracle import OracleMLLM
 
-from .mllm_server import QwenLikeServer
+from .mllm_server import server_pool
 from .test_thi import QUERY, ScriptedMLLM, setup  # noqa: F401  (module fixture)
 
 graph_mod = sys.modules["graphs.thi.graph"]
@@ -412,17 +412,8 @@ def _numbered(body, images) -> str:
 
 @pytest.fixture
 def chat_server():
-    servers = []
-
-    def start(mode="answer", **kw):
-        server = QwenLikeServer(kw.pop("responder", _numbered), **kw)
-        server.mode = mode
-        servers.append(server)
-        return server
-
-    yield start
-    for s in servers:
-        s.close()
+    with server_pool(_numbered) as start:
+        yield start
 
 
 def test_the_protocol_is_chosen_through_the_context(setup, chat_server, tmp_path):  # noqa: F811

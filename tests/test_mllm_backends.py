@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.mllm_server import QwenLikeServer
+from tests.mllm_server import server_pool
 from tools.attributes import SLOTS, phrase
 from tools.mllm.base import Answer, ImageRef, MLLMError, Verdict
 from tools.mllm.chat import (answer_value, contains_yes, group_values, parse_numbered, parse_yes_no, read_yes_no,
@@ -103,17 +103,8 @@ def annotation_answer(body: dict, images: list) -> str:
 @pytest.fixture
 def serve():
     """Start vLLM-like servers answering from the annotations; all are shut down after the test."""
-    servers = []
-
-    def start(mode: str = "answer", **kw) -> QwenLikeServer:
-        server = QwenLikeServer(kw.pop("responder", annotation_answer), **kw)
-        server.mode = mode
-        servers.append(server)
-        return server
-
-    yield start
-    for s in servers:
-        s.close()
+    with server_pool(annotation_answer) as start:
+        yield start
 
 
 def _openai(url: str, **kw):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.mllm_server import ClosingServer, QwenLikeServer
+from tests.mllm_server import ClosingServer, server_pool
 from tools.mllm import make_mllm
 from tools.mllm.base import Answer, ImageRef, MLLMError, dialogue_deadline
 from tools.mllm.chat import NO_PERSON, CircuitBreaker
@@ -68,17 +68,8 @@ def simple_answer(body: dict, images: list) -> str:
 
 @pytest.fixture
 def serve():
-    servers = []
-
-    def start(mode: str = "answer", **kw) -> QwenLikeServer:
-        server = QwenLikeServer(kw.pop("responder", simple_answer), **kw)
-        server.mode = mode
-        servers.append(server)
-        return server
-
-    yield start
-    for s in servers:
-        s.close()
+    with server_pool(simple_answer) as start:
+        yield start
 
 
 def _openai(url: str, **kw):

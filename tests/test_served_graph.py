@@ -15,15 +15,12 @@ import asyncio
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from .helpers import free_port, server_process
 from .test_thi import QUERY, setup  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.slow
@@ -38,12 +35,6 @@ def _need(module: str):
         if REQUIRED:
             raise
         pytest.skip(f"{module} is not installed (pip install -e '.[server]')")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -61,36 +52,14 @@ def server(tmp_path_factory):
     # build_graph as a graph factory: the server calls it with its config as the first argument
     config["graphs"]["thi_factory"] = "graphs.thi.graph:build_graph"
     (tmp / "langgraph.json").write_text(json.dumps(config))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "THI_HOME": str(tmp / "home"), "LANGSMITH_TRACING": "false",
            "LANGCHAIN_TRACING_V2": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen([cli, "dev", "--host", "127.0.0.1", "--port", str(port), "--no-browser", "--no-reload",
-                             "--config", str(tmp / "langgraph.json")], cwd=tmp, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"langgraph dev exited ({proc.returncode}): {(tmp / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/ok", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("langgraph dev did not come up within 180 s")
-            time.sleep(0.5)
+    cmd = [cli, "dev", "--host", "127.0.0.1", "--port", str(port), "--no-browser", "--no-reload",
+           "--config", str(tmp / "langgraph.json")]
+    with server_process(cmd, f"http://127.0.0.1:{port}", "/ok", "langgraph dev", 180, tmp / "server.log",
+                        cwd=tmp, env=env) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _context(setup, **more):  # noqa: F811
