@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data.readers import FORMAT_NAMES, DatasetError, read_dataset
+from data.readers import FORMAT_NAMES, DatasetError, detect_format, read_dataset
 from graphs.config import THIConfig, THIContext, fusion_weight_field
 from graphs.demo import open_gallery
 from graphs.report import trace_lines
@@ -330,14 +330,16 @@ def plot_rounds(reports: list[dict], out: str | Path) -> None:
 
 def _mllm(kind: str, root: Path, device: str | None, flip: float = 0.0, protocol: str | None = None,
           server: dict | None = None) -> MLLM:
-    options: dict = {"device": device} if kind == "offline" else {}
-    if kind in ("openai", "transformers"):
-        options.update({k: v for k, v in (server or {}).items()
-                        if v is not None and (k in ("base_url", "model", "timeout")) == (kind == "openai")})
-        if kind == "transformers":
-            if not options.get("path"):
-                raise ValueError("--mllm transformers needs --mllm-path FOLDER")
-            options["device"] = device
+    server = server or {}
+    options: dict = {}
+    if kind == "offline":
+        options = {"device": device}
+    elif kind == "openai":  # unset values: the backend's defaults ($THI_MLLM_BASE_URL, ...)
+        options = {k: server[k] for k in ("base_url", "model", "timeout") if server.get(k) is not None}
+    elif kind == "transformers":
+        if not server.get("path"):
+            raise ValueError("--mllm transformers needs --mllm-path FOLDER")
+        options = {"path": server["path"], "device": device}
     m = make_backend(kind, root, protocol=protocol, **options)
     m.preflight()  # a server that cannot answer fails here, in one line, before the benchmark's work
     return NoisyVerifier(m, flip) if flip > 0 else m
@@ -419,7 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.dir)
         # the dataset and the MLLMs first: a missing folder or a server that cannot answer fails in
         # seconds, before the model loads
-        read_dataset(root, args.format, skip_missing=args.skip_missing, splits=[args.split])
+        if args.format == "auto":
+            detect_format(root)  # the folder and its annotation file, without reading them yet
+        elif not root.is_dir():
+            raise DatasetError(f"{root}: dataset folder not found")
         server = {"base_url": args.mllm_url, "model": args.mllm_model, "timeout": args.mllm_timeout,
                   "path": args.mllm_path}
         backends = [(_mllm(args.mllm, root, args.device, args.flip, args.mllm_protocol, server),
