@@ -168,7 +168,8 @@ def test_the_memory_mapped_copy_follows_the_collection(tmp_path, home, caplog):
     assert len(fresh.snapshot()) == 301 and fresh.snapshot().ids[300] == "zzz-raw"
 
 
-def test_search_is_exact_by_default_and_approximate_search_is_rescored(tmp_path, home):
+def test_search_is_exact_and_approximate_is_answered_exactly(tmp_path, home, caplog, monkeypatch):
+    monkeypatch.setattr("tools.gallery._warned_approximate", False)  # said once per process
     emb = VectorEmbedder(16)
     ids, x, metas = _rows(2000, 16, seed=3)
     x[7] = x[3]  # a tie: broken by id
@@ -180,9 +181,9 @@ def test_search_is_exact_by_default_and_approximate_search_is_rescored(tmp_path,
     hits = g.search(q, k=25)
     assert [h for h, _ in hits] == [ids[i] for i in order]
     assert np.allclose([s for _, s in hits], exact[order], atol=1e-6)
-    approx = g.search(q, k=25, approximate=True)
-    assert all(abs(s - exact[ids.index(h)]) < 1e-6 for h, s in approx)  # candidates scored exactly
-    assert [s for _, s in approx] == sorted((s for _, s in approx), reverse=True)
+    with caplog.at_level("WARNING", logger="tools.gallery"):
+        assert g.search(q, k=25, approximate=True) == hits  # the old flag: the same exact answer, and a warning
+    assert "no longer used" in caplog.text
     one = g.search(q, k=50, where={"camera": 2})
     assert one and all(g.metadata(h)["camera"] == 2 for h, _ in one)
     allowed = [i for i in range(len(ids)) if metas[i]["camera"] == 2]

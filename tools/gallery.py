@@ -26,10 +26,12 @@ date adds the new rows (or rebuilds it from paged reads). Where it lives: in the
 (``thi-index/``) for a local gallery; for a Chroma server, on the reading machine under
 ``$THI_HOME/chroma-cache/HOST-PORT/`` (each machine keeps its own copy).
 
-Search is exact by default (one matrix-vector product over the memory-mapped matrix): Chroma's
-HNSW loses neighbours on large galleries of near-duplicate photos (measured by
-``python -m eval.scale``). ``approximate=True`` asks HNSW for an over-fetched candidate list and
-re-scores it exactly; its recall is what ``eval.scale`` reports.
+Search is always exact (one matrix-vector product over the memory-mapped matrix). Chroma's HNSW
+index is not used for search: on galleries of near-duplicate photos it lost neighbours from 30,000
+photos up (top-10 recall 0.98 at 30k and 0.26 at 1M even with 1,000 candidates re-scored), and at 1M
+it was no faster than the exact product once enough candidates were asked for (``python -m
+eval.scale`` still measures it, for the record). ``approximate=True`` is accepted for old callers
+and answered exactly.
 
 With a model that has TSE heads (an RDE or ICL checkpoint, :mod:`tools.tse`), each image has a
 second embedding, kept in a sibling collection (the name with ``--tse`` added, same ids). Each chunk
@@ -198,17 +200,24 @@ def _user_metadata(meta: dict | None) -> dict:
     return {k: v for k, v in (meta or {}).items() if not k.startswith("hnsw:")}
 
 
+_warned_approximate = False
+
+
+def warn_approximate() -> None:
+    """Say once per process that ``approximate`` search is answered exactly."""
+    global _warned_approximate
+    if not _warned_approximate:
+        _warned_approximate = True
+        log.warning("--approximate is no longer used: search is exact (HNSW lost neighbours on large galleries; "
+                    "see docs/results.md, Gallery scale)")
+
+
 class _Changed(Exception):
     """The collection changed while it was being copied."""
 
 
-#: Fewest HNSW candidates an approximate search re-scores: with 100 (ef 100), top-10 recall on
-#: galleries of near-duplicate photos fell to 0.98 at 30k and 0.89 at 100k (``eval.scale``).
-APPROX_CANDIDATES = 1000
-
-
 class Gallery:
-    """A Chroma collection of L2-normalised image embeddings with exact and approximate search
+    """A Chroma collection of L2-normalised image embeddings with exact search
     (and, for a model with TSE heads, a sibling collection of TSE embeddings with the same ids),
     read through a memory-mapped copy (:meth:`snapshot`).
 
@@ -751,29 +760,28 @@ class Gallery:
         return np.asarray(sorted(r for r in rows if r >= 0), dtype=np.int64)
 
     def search(self, text_embedding: np.ndarray, k: int = 10, where: dict | None = None,
-               text_tse: np.ndarray | None = None, score: str = "bge", approximate: bool = False,
-               overfetch: int = 10, candidates: int = APPROX_CANDIDATES) -> list[tuple[str, float]]:
-        """Nearest images: [(id, score)], best first (ties: by id).
+               text_tse: np.ndarray | None = None, score: str = "bge",
+               approximate: bool = False) -> list[tuple[str, float]]:
+        """Nearest images: [(id, score)], best first (ties: by id), exactly.
 
-        Exact by default: ``score`` (``bge``, ``tse`` or ``fused`` = ``(bge + tse) / 2``; ``text_tse``
-        needed for the last two) of every image, from the memory-mapped matrix. ``approximate``:
-        Chroma's HNSW proposes ``max(k * overfetch, candidates)`` candidates (of the BGE collection,
-        and of the TSE one for ``tse``/``fused``) that are re-scored exactly (HNSW searches with
-        ``ef`` at least the number asked, so more candidates is also a wider search); its recall
-        against exact search is measured by ``python -m eval.scale``. ``where``: a Chroma metadata
-        filter.
+        ``score`` (``bge``, ``tse`` or ``fused`` = ``(bge + tse) / 2``; ``text_tse`` needed for the last
+        two) of every image ``where`` keeps (a Chroma metadata filter; None: every image), from the
+        memory-mapped matrix. ``approximate`` is accepted for old callers and ignored (a warning):
+        HNSW search was dropped because it lost neighbours on large galleries (module docstring).
+
+        Raises:
+            ValueError: ``k`` < 1.
+            GalleryError: the score needs TSE embeddings the gallery or query lacks.
         """
         if k < 1:
             raise ValueError("k must be >= 1")
+        if approximate:
+            warn_approximate()
         snap = self.snapshot()
         if not len(snap):
             return []
-        if approximate:
-            rows = self._candidates(text_embedding, text_tse, score, max(k * max(1, overfetch), candidates), where)
-            sim = self.similarity(text_embedding, text_tse, rows=rows, score=score)
-        else:
-            rows = self.allowed_rows(where) if where is not None else None
-            sim = self.similarity(text_embedding, text_tse, rows=rows, score=score)
+        rows = self.allowed_rows(where) if where is not None else None
+        sim = self.similarity(text_embedding, text_tse, rows=rows, score=score)
         n = min(k, len(sim))
         if n == 0:
             return []
@@ -781,20 +789,6 @@ class Gallery:
         local = np.asarray(rows if rows is not None else np.arange(len(sim)))
         order = part[np.lexsort((local[part], -sim[part]))]
         return [(snap.ids[int(local[i])], float(sim[i])) for i in order]
-
-    def _candidates(self, text_bge, text_tse, score: str, n: int, where: dict | None) -> np.ndarray:
-        snap = self.snapshot()
-        found: set[str] = set()
-        with self.store.session(timeout=self.lock_timeout) as client:
-            col, tse = self._both(client)
-            for c, q in ((col, text_bge), (tse, text_tse)):
-                if c is None or q is None or (c is tse and score == "bge") or (c is col and score == "tse"):
-                    continue
-                q = np.asarray(q, dtype=np.float32).reshape(1, -1)
-                res = c.query(query_embeddings=q, n_results=max(1, min(n, len(snap))), where=where, include=[])
-                found.update(res["ids"][0])
-        rows = [snap.ids.find(i) for i in found]
-        return np.asarray(sorted(r for r in rows if r >= 0), dtype=np.int64)
 
     def scores(self, text_embedding: np.ndarray, ids: Sequence[str] | None = None, kind: str = "bge") -> np.ndarray:
         """Exact cosine similarity of a text embedding of ``kind`` to ``ids`` (default: every image,
@@ -1072,9 +1066,7 @@ def main(argv: list[str] | None = None) -> int:
     pq.add_argument("--score", choices=SCORES,
                     help="bge, tse or fused ((bge + tse) / 2); default fused where the model has TSE heads, else bge")
     pq.add_argument("--approximate", action="store_true",
-                    help="ask Chroma's HNSW index for max(10k, 1000) candidates and re-score them exactly instead of scoring "
-                         "every image (faster on very large galleries; its recall is measured by python -m eval.scale, "
-                         "see docs/results.md; the default is exact)")
+                    help="no longer used: search is always exact (accepted so that older commands still run)")
     p.add_argument("--lock-timeout", type=float, metavar="SECONDS",
                    help="local folder: give up after this long when another process is writing it (default: wait)")
     args = p.parse_args(argv)
@@ -1109,10 +1101,10 @@ def main(argv: list[str] | None = None) -> int:
             score = embedder.resolve_score(args.score)
             gallery = Gallery.open(name, embedder, args.data_dir, args.url, create=False, lock_timeout=args.lock_timeout)
             q = embedder.text_features([args.text])
-            print(f"score: {score}, search: {'approximate (HNSW candidates re-scored)' if args.approximate else 'exact'}",
-                  file=sys.stderr)
-            hits = gallery.search(q["bge"][0], args.k, text_tse=q["tse"][0] if "tse" in q else None, score=score,
-                                  approximate=args.approximate)
+            if args.approximate:
+                warn_approximate()
+            print(f"score: {score}, search: exact", file=sys.stderr)
+            hits = gallery.search(q["bge"][0], args.k, text_tse=q["tse"][0] if "tse" in q else None, score=score)
             for rank, (image_id, value) in enumerate(hits, 1):
                 meta = gallery.metadata(image_id)
                 print(f"{rank:3d}  {value:.4f}  {printable(image_id)}  pid={meta.get('pid', '-')}")
