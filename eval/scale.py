@@ -484,6 +484,16 @@ def pass_costs(args) -> dict:
                 part.append(float(counts[(bound >= best) & nonempty].sum()) / n)
             shares[f"{kind} queries, top {m}"] = round(float(np.mean(part)), 3)
     out["cluster_scored_share"] = shares
+    # what scoring those rows costs when they are gathered from the matrix (the first caption's
+    # shortlist clusters), against the full pass on one thread
+    m = min(SHORTLIST, n)
+    best = np.partition(x @ q, n - m)[n - m]
+    need = np.flatnonzero((means @ q + np.linalg.norm(q) * radius >= best) & nonempty)
+    rows = np.sort(np.concatenate([order[starts[c]:starts[c] + counts[c]] for c in need]))
+    with threadpool_limits(1):
+        out["gathered_rows"] = int(len(rows))
+        out["gathered_ms"] = p50(lambda: x[rows] @ q)
+        out["full_pass_ms"] = p50(lambda: x @ q)
     out["clusters"] = c
     out["load_end"] = _load()
     return out

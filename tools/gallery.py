@@ -28,10 +28,9 @@ date adds the new rows (or rebuilds it from paged reads). Where it lives: in the
 
 Search is always exact (one matrix-vector product over the memory-mapped matrix). Chroma's HNSW
 index is not used for search: on galleries of near-duplicate photos it lost neighbours from 30,000
-photos up (top-10 recall 0.98 at 30k and 0.26 at 1M even with 1,000 candidates re-scored), and at 1M
-it was no faster than the exact product once enough candidates were asked for (``python -m
-eval.scale`` still measures it, for the record). ``approximate=True`` is accepted for old callers
-and answered exactly.
+photos up (top-10 recall 0.98 at 30k and 0.23 at 1M with 1,000 candidates re-scored; 0.52 at 1M
+from a collection built with M 48 and ef 400; ``python -m eval.scale`` still measures it, for the
+record). ``approximate=True`` is accepted for old callers and answered exactly.
 
 With a model that has TSE heads (an RDE or ICL checkpoint, :mod:`tools.tse`), each image has a
 second embedding, kept in a sibling collection (the name with ``--tse`` added, same ids). Each chunk
