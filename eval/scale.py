@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -59,7 +60,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tools.cliargs import add_output_arguments, legacy_json_file
+from tools.cliargs import ArgumentParser, add_output_arguments, float_in, int_at_least, legacy_json_file
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,17 @@ def parse_size(text: str) -> int:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return size
+
+
+def json_object(text: str) -> dict:
+    """A JSON object (argparse type): ``'{"max_neighbors": 48}'`` -> dict."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"max_neighbors\": 48}'")
+    return value
 
 
 def _rss() -> int:
@@ -407,10 +419,16 @@ def pass_costs(args) -> dict:
     from graphs.demo import open_gallery
     from graphs.thi.scoring import SHORTLIST
     from tools.embedder import Embedder
-    from tools.gallery import Gallery
+    from tools.gallery import Gallery, GalleryError
 
+    grown = f"no grown gallery in {args.root}: grow one first (python -m eval.scale --sizes SIZE --root {args.root})"
+    if not (Path(args.root) / "chroma.sqlite3").is_file():  # not a Chroma folder: do not make one
+        raise GalleryError(grown)
     embedder = Embedder(args.model, device="cpu")
-    gallery = Gallery.open(IMAGE_SET, embedder, data_dir=args.root, create=False)
+    try:
+        gallery = Gallery.open(IMAGE_SET, embedder, data_dir=args.root, create=False)
+    except GalleryError:
+        raise GalleryError(grown) from None
     x = np.array(gallery.snapshot().features["bge"], dtype=np.float32)  # a writable copy torch can wrap
     n, d = x.shape
     _, folder = open_gallery(args.base, embedder, "test", progress=False)
@@ -452,7 +470,7 @@ def pass_costs(args) -> dict:
     del xb, x8
 
     # spherical k-means on a sample, then every row to its nearest centre
-    c = args.clusters
+    c = min(args.clusters, n)
     sample = x[np.sort(rng.choice(n, min(n, 100_000), replace=False))]
     centres = sample[rng.choice(len(sample), c, replace=False)].copy()
     for _ in range(5):
@@ -512,7 +530,7 @@ def hnsw_trial(args) -> dict:
     from graphs.demo import open_gallery
     from tools.embedder import Embedder
 
-    config = json.loads(args.hnsw_config)
+    config = dict(args.hnsw_config)
     embedder = Embedder(args.model, device="cpu")
     base_gallery, folder = open_gallery(args.base, embedder, "test", progress=False)
     base_ids, base_emb, base_metas = base_gallery.embeddings()
@@ -630,29 +648,30 @@ def format_row(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.scale", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m eval.scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default=DEFAULT_SIZES, help="gallery sizes (default %(default)s)")
     p.add_argument("--base", help="the SynthPedes folder whose test photos are the base (default: the demo gallery)")
     p.add_argument("--root", help="Chroma folder of the grown gallery (default $THI_HOME/scale)")
     p.add_argument("--model", default=None, help="retrieval model (default: the shipped one)")
-    p.add_argument("--noise", type=float, default=0.2, help="norm of the noise added to each copy (default %(default)s)")
-    p.add_argument("--queries", type=int, default=50, help="captions for the search measurements (default %(default)s)")
-    p.add_argument("--thi-queries", type=int, default=30, help="captions for the THI overhead (default %(default)s)")
+    p.add_argument("--noise", type=float_in(0, math.inf, low_open=True), default=0.2, help="norm of the noise added to each copy (default %(default)s)")
+    p.add_argument("--queries", type=int_at_least(1), default=50, help="captions for the search measurements (default %(default)s)")
+    p.add_argument("--thi-queries", type=int_at_least(1), default=30, help="captions for the THI overhead (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-build", action="store_true", help="skip the one-time copy measurement")
     add_output_arguments(p, "the rows (written after each size)", legacy_json=True)
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--indexing", type=int, metavar="PHOTOS",
+    p.add_argument("--indexing", type=int_at_least(1), metavar="PHOTOS",
                    help="instead: measure indexing throughput against the encoder alone on this many base photos")
-    p.add_argument("--decoders", type=int, default=2, help="--indexing: decoding threads (default %(default)s)")
+    p.add_argument("--decoders", type=int_at_least(1), default=2, help="--indexing: decoding threads (default %(default)s)")
     p.add_argument("--passes", action="store_true",
                    help="instead: what one full-gallery pass costs on the grown gallery (by kernel and thread count) "
                         "and how much of it a certified cluster search would still score")
-    p.add_argument("--clusters", type=int, default=2048, help="--passes: k-means centres (default %(default)s)")
+    p.add_argument("--clusters", type=int_at_least(1), default=2048, help="--passes: k-means centres (default %(default)s)")
     p.add_argument("--hnsw-trial", type=parse_size, metavar="SIZE",
                    help="instead: build a Chroma HNSW index of a gallery grown to SIZE in a temporary folder with "
                         "--hnsw-config and print its top-10 recall against exact search")
-    p.add_argument("--hnsw-config", default='{"max_neighbors": 16, "ef_construction": 100, "ef_search": 100}',
+    p.add_argument("--hnsw-config", type=json_object,
+                   default='{"max_neighbors": 16, "ef_construction": 100, "ef_search": 100}',
                    help="--hnsw-trial: Chroma's HNSW settings as JSON (default: Chroma's own, %(default)s)")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -666,7 +685,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(probe(args)))
         return 0
     if args.indexing or args.passes or args.hnsw_trial:
-        r = indexing_speed(args) if args.indexing else pass_costs(args) if args.passes else hnsw_trial(args)
+        from data.readers import DatasetError
+        from tools.embedder import EmbedderError
+        from tools.gallery import GalleryError
+
+        try:
+            r = indexing_speed(args) if args.indexing else pass_costs(args) if args.passes else hnsw_trial(args)
+        except (GalleryError, EmbedderError, DatasetError, OSError, ValueError) as e:
+            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+            return 1
         print(json.dumps(r, indent=2))
         if args.out:
             Path(args.out).write_text(json.dumps(r, indent=2))

@@ -109,3 +109,28 @@ def test_the_default_model_is_the_shipped_model_that_meets_the_quality_target():
     assert default.fingerprint == v7.fingerprint != v3.fingerprint
     text = ["a man in a blue jacket walking in a park"]
     assert np.allclose(default.encode_texts(text), v7.encode_texts(text))
+
+
+def test_registering_a_config_folder_leaves_no_temporary_files(tmp_path, monkeypatch):
+    import json
+    import tempfile
+
+    import open_clip
+
+    from tools.embedder import _register_config_folder
+
+    from .helpers import TINY_CFG
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the registration writes its file
+    folder = tmp_path / "model"
+    folder.mkdir()
+    cfg = dict(TINY_CFG)
+    cfg["text_cfg"] = dict(cfg["text_cfg"], width=cfg["text_cfg"]["width"] + 8)  # an architecture not seen yet
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    name = _register_config_folder(folder)
+    assert name in open_clip.list_models()
+    assert list(scratch.iterdir()) == []  # read once by open_clip, then removed
+    open_clip.add_model_config(tmp_path / "absent.json")  # a later rescan still knows the architecture
+    assert name in open_clip.list_models()

@@ -72,25 +72,32 @@ def shipped_models() -> dict[str, Path]:
     return {p.name: p for p in sorted(MODELS_DIR.iterdir()) if (p / "open_clip_config.json").is_file()}
 
 
-def register_shipped_configs() -> None:
-    """Make shipped architectures known to ``open_clip.create_model`` by name (for random init)."""
+def _add_open_clip_config(name: str, cfg: dict) -> None:
+    """Register an architecture config with open_clip under ``name``. open_clip reads configs from
+    files, and only once (later rescans skip files that are gone), so the file lives in a temporary
+    folder removed right after."""
     import tempfile
 
+    import open_clip
+
+    with tempfile.TemporaryDirectory(prefix="thi-reid-config-") as tmp:
+        path = Path(tmp) / f"{name}.json"
+        path.write_text(json.dumps(cfg))
+        open_clip.add_model_config(path)
+
+
+def register_shipped_configs() -> None:
+    """Make shipped architectures known to ``open_clip.create_model`` by name (for random init)."""
     import open_clip
 
     for name, folder in shipped_models().items():
         if name in open_clip.list_models():
             continue
-        cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
-        config_file = Path(tempfile.mkdtemp(prefix="thi-reid-config-")) / f"{name}.json"
-        config_file.write_text(json.dumps(cfg))
-        open_clip.add_model_config(config_file)
+        _add_open_clip_config(name, json.loads((folder / "open_clip_config.json").read_text())["model_cfg"])
 
 
 def _register_config_folder(folder: Path) -> str:
     """Register a folder's open_clip_config.json under a name (random init from a config file)."""
-    import tempfile
-
     import open_clip
 
     config = folder / "open_clip_config.json"
@@ -99,9 +106,7 @@ def _register_config_folder(folder: Path) -> str:
     cfg = json.loads(config.read_text())["model_cfg"]
     name = "cfg-" + hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
     if name not in open_clip.list_models():
-        path = Path(tempfile.mkdtemp(prefix="thi-reid-config-")) / f"{name}.json"
-        path.write_text(json.dumps(cfg))
-        open_clip.add_model_config(path)
+        _add_open_clip_config(name, cfg)
     return name
 
 
