@@ -74,24 +74,38 @@ def parse_sizes(text: str) -> list[int]:
     for part in text.split(","):
         p = part.strip().lower()
         if not p:
-            continue
+            raise ValueError(f"an empty size in {text!r} (sizes are comma-separated, e.g. 3k,30k,1M)")
         mult = {"k": 1_000, "m": 1_000_000}.get(p[-1], 1)
-        num = float(p[:-1] if p[-1] in "km" else p)
-        if num <= 0:
-            raise ValueError(f"sizes must be positive, not {part!r}")
+        try:
+            num = float(p[:-1] if p[-1] in "km" else p)
+        except ValueError:
+            raise ValueError(f"not a size: {part.strip()!r} (e.g. 3000, 3k, 1M)") from None
+        if not math.isfinite(num) or num * mult > 1e12:
+            raise ValueError(f"not a size: {part.strip()!r} (too large)")
+        if num * mult < 1:
+            raise ValueError(f"sizes must be at least 1, not {part.strip()!r}")
         out.append(int(round(num * mult)))
-    if not out:
-        raise ValueError("no sizes given")
     return sorted(set(out))
+
+
+def sizes_arg(text: str) -> str:
+    """argparse type of ``--sizes``: checked, kept as written."""
+    try:
+        parse_sizes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def parse_size(text: str) -> int:
     """``"100k"`` -> 100000 (argparse type)."""
     try:
-        (size,) = parse_sizes(text)
+        sizes = parse_sizes(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    return size
+    if len(sizes) != 1:
+        raise argparse.ArgumentTypeError(f"one size, not {text!r}")
+    return sizes[0]
 
 
 def json_object(text: str) -> dict:
@@ -392,6 +406,12 @@ def indexing_speed(args) -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     out["cores"] = cores
     out["share_bound"] = round(min(1.0, cores / (best_cpu + out["decode_cpu_ms_per_img"] / 1000) / best), 3)
+    slow, fast = min(r[0] for r in encoder_runs), max(r[0] for r in encoder_runs)
+    if out["end_to_end_share_of_encoder"] > out["share_bound"] or fast > 1.25 * slow:
+        out["warning"] = (f"the encoder alone ran at {slow:.0f} to {fast:.0f} img/s: the machine's speed changed "
+                          f"during the measurement (other jobs, or a short run still warming up); measure again, "
+                          f"with more photos")
+        log.warning(out["warning"])
     out["load_end"] = _load()
     return out
 
@@ -446,7 +466,7 @@ def pass_costs(args) -> dict:
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1000)
-        return round(float(np.median(times)), 1)
+        return round(float(np.median(times)), 2)
 
     q = text_q[0]
     xt = torch.from_numpy(x)
@@ -520,7 +540,8 @@ def pass_costs(args) -> dict:
 def hnsw_trial(args) -> dict:
     """Top-10 recall of a Chroma HNSW index built with ``--hnsw-config`` on a gallery grown to
     ``--hnsw-trial`` photos (the construction above; a temporary folder), against exact search,
-    asking for 10 and for 1,000 candidates, 50 captions. What tuning HNSW could buy."""
+    asking for 10 and for 1,000 candidates (re-scored exactly), ``--queries`` captions. What tuning
+    HNSW could buy. JSON keys: ``build_s``, ``recall10_<asked>``, ``query_ms_p50_<asked>``."""
     import tempfile
 
     import chromadb
@@ -542,7 +563,10 @@ def hnsw_trial(args) -> dict:
     out: dict = {"n": size, "config": config, "load_start": _load()}
     with tempfile.TemporaryDirectory(prefix="thi-hnsw-") as tmp:
         client = chromadb.PersistentClient(path=tmp)
-        col = client.create_collection("trial", configuration={"hnsw": {"space": "ip", **config}})
+        try:
+            col = client.create_collection("trial", configuration={"hnsw": {"space": "ip", **config}})
+        except Exception as e:  # Chroma's own validation (unknown key, bad value)
+            raise ValueError(f"Chroma refused --hnsw-config {json.dumps(config)}: {str(e).splitlines()[0]}") from None
         rows = [np.asarray(base_emb)]
         ids = list(base_ids)
         for chunk_ids, feats, _ in _copies(base_ids, base_emb, [{}] * len(base_ids), 0, size - len(base_ids),
@@ -649,17 +673,18 @@ def format_row(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m eval.scale", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default=DEFAULT_SIZES, help="gallery sizes (default %(default)s)")
+    p.add_argument("--sizes", type=sizes_arg, default=DEFAULT_SIZES,
+                   help="gallery sizes, comma-separated, k and M allowed (default %(default)s)")
     p.add_argument("--base", help="the SynthPedes folder whose test photos are the base (default: the demo gallery)")
     p.add_argument("--root", help="Chroma folder of the grown gallery (default $THI_HOME/scale)")
     p.add_argument("--model", default=None, help="retrieval model (default: the shipped one)")
     p.add_argument("--noise", type=float_in(0, math.inf, low_open=True), default=0.2, help="norm of the noise added to each copy (default %(default)s)")
     p.add_argument("--queries", type=int_at_least(1), default=50, help="captions for the search measurements (default %(default)s)")
     p.add_argument("--thi-queries", type=int_at_least(1), default=30, help="captions for the THI overhead (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise and of the captions picked (default %(default)s)")
     p.add_argument("--no-build", action="store_true", help="skip the one-time copy measurement")
     add_output_arguments(p, "the rows (written after each size)", legacy_json=True)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--indexing", type=int_at_least(1), metavar="PHOTOS",
                    help="instead: measure indexing throughput against the encoder alone on this many base photos")
     p.add_argument("--decoders", type=int_at_least(1), default=2, help="--indexing: decoding threads (default %(default)s)")
@@ -698,11 +723,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             Path(args.out).write_text(json.dumps(r, indent=2))
         return 0
-    try:
-        parse_sizes(args.sizes)
-    except ValueError as e:
-        print(f"error: --sizes: {e}", file=sys.stderr)
-        return 2
     if not args.json:
         print(f"eval.scale: sizes {args.sizes}, noise {args.noise}, {os.cpu_count()} CPUs, load {_load()}", flush=True)
         print(HEADER, flush=True)

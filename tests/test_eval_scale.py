@@ -14,7 +14,7 @@ from eval.scale import HEADER, _copies, format_row, parse_size, parse_sizes
 def test_sizes_parse_with_suffixes_and_bad_ones_are_refused():
     assert parse_sizes("30k, 3k,1M,3k") == [3_000, 30_000, 1_000_000]
     assert parse_size("100k") == 100_000
-    for bad in ("", "0", "-3k", "ten"):
+    for bad in ("", "0", "-3k", "ten", "inf", "1e400", "3k,,30k"):
         with pytest.raises(ValueError):
             parse_sizes(bad)
     with pytest.raises(argparse.ArgumentTypeError):

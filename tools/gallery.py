@@ -28,9 +28,9 @@ date adds the new rows (or rebuilds it from paged reads). Where it lives: in the
 
 Search is always exact (one matrix-vector product over the memory-mapped matrix). Chroma's HNSW
 index is not used for search: on galleries of near-duplicate photos it lost neighbours from 30,000
-photos up (top-10 recall 0.98 at 30k and 0.23 at 1M with 1,000 candidates re-scored; 0.52 at 1M
-from a collection built with M 48 and ef 400; ``python -m eval.scale`` still measures it, for the
-record). ``approximate=True`` is accepted for old callers and answered exactly.
+photos up (top-10 recall 0.98 at 30k; at 1M 0.14, or 0.23 with 1,000 candidates re-scored exactly,
+and 0.47 / 0.52 from a collection built with M 48 and ef 400; ``python -m eval.scale`` still
+measures it, for the record). ``approximate=True`` is accepted for old callers and answered exactly.
 
 With a model that has TSE heads (an RDE or ICL checkpoint, :mod:`tools.tse`), each image has a
 second embedding, kept in a sibling collection (the name with ``--tse`` added, same ids). Each chunk
@@ -238,9 +238,11 @@ class Gallery:
 
     @classmethod
     def open(cls, image_set: str, embedder: Embedder, data_dir: str | Path | None = None, url: str | None = None,
-             create: bool = True, lock_timeout: float | None = None) -> "Gallery":
+             create: bool = True, lock_timeout: float | None = None,
+             index_command: str = "python -m tools.gallery index DIR") -> "Gallery":
         """The collection of ``image_set`` for ``embedder``'s model (created when ``create``); with
-        its TSE collection when the model has TSE heads.
+        its TSE collection when the model has TSE heads. ``index_command``: the command a "not
+        indexed" error tells the user to run.
 
         Raises:
             GalleryError: not indexed with this model (``create=False``), being indexed by another
@@ -259,7 +261,7 @@ class Gallery:
         with store.session(timeout=lock_timeout) as client:
             missing = [w for w in wanted if not cls._exists(client, w[0])]
         if missing and not create:
-            gallery._not_indexed(missing[0][2], embedder)
+            gallery._not_indexed(missing[0][2], embedder, index_command)
         if missing:
             with store.session(write=True, timeout=lock_timeout) as client:
                 for n, m, _ in missing:
@@ -280,20 +282,20 @@ class Gallery:
         except Exception:
             return False
 
-    def _not_indexed(self, main: bool, embedder: Embedder) -> None:
+    def _not_indexed(self, main: bool, embedder: Embedder, index_command: str) -> None:
         busy = self.store.busy()
         if busy:
             raise GalleryError(f"gallery {self.image_set!r} is being indexed by another process ({busy}); try again "
                                f"when it has finished")
         if not main:
             raise GalleryError(f"gallery {self.image_set!r} has no TSE embeddings for model {embedder.name}; index it "
-                               f"again (resumable): python -m tools.gallery index ...")
+                               f"again (resumable): {index_command}")
         with self.store.session(timeout=self.lock_timeout) as client:
             others = [c.name if hasattr(c, "name") else str(c) for c in client.list_collections()]
         same_set = [o for o in others if o.startswith(_slug(self.image_set) + "--")]
         hint = (f"; it is indexed only with other models ({', '.join(same_set)})" if same_set else "")
         raise GalleryError(f"gallery {self.image_set!r} is not indexed with model {embedder.name}{hint}; "
-                           f"index it with: python -m tools.gallery index ...")
+                           f"index it with: {index_command}")
 
     def _both(self, client) -> tuple[Any, Any]:
         """The (main, TSE or None) collection handles of the current client."""
@@ -1031,6 +1033,7 @@ def items_for(source: str | Path, split: str = "test", format: str = "auto",
 
 def main(argv: list[str] | None = None) -> int:
     import json
+    import shlex
     import sys
     import time
 
@@ -1098,7 +1101,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result))
         else:
             score = embedder.resolve_score(args.score)
-            gallery = Gallery.open(name, embedder, args.data_dir, args.url, create=False, lock_timeout=args.lock_timeout)
+            where = (f" --data-dir {shlex.quote(str(args.data_dir))}" if args.data_dir else "") + \
+                (f" --url {shlex.quote(args.url)}" if args.url else "")
+            gallery = Gallery.open(name, embedder, args.data_dir, args.url, create=False, lock_timeout=args.lock_timeout,
+                                   index_command=f"python -m tools.gallery [model flags]{where} index "
+                                                 f"{shlex.quote(str(args.gallery))} --split {shlex.quote(args.split)}")
             q = embedder.text_features([args.text])
             if args.approximate:
                 warn_approximate()
