@@ -241,30 +241,23 @@ def probe(args) -> dict:
     # recorded apart), and "warm", the recogniser's per-photo outputs memoised (answers are not:
     # MLLM.clear_cache before each dialogue), which is THI's own cost per query.
     mllm = make_backend("offline", device="cpu")
-    recogniser_ms = [0.0]
-    predict = mllm.recogniser.predict_with_presence
 
-    def timed_predict(*a, **k):
-        t = time.perf_counter()
-        try:
-            return predict(*a, **k)
-        finally:
-            recogniser_ms[0] += (time.perf_counter() - t) * 1000
+    def timed(fn, meter: list):
+        """``fn`` adding its milliseconds to ``meter[0]`` and counting its calls in ``meter[1]``."""
+        def call(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                meter[0] += (time.perf_counter() - t) * 1000
+                meter[1] += 1
+        return call
 
-    mllm.recogniser.predict_with_presence = timed_predict
+    recogniser_ms = [0.0, 0]
+    mllm.recogniser.predict_with_presence = timed(mllm.recogniser.predict_with_presence, recogniser_ms)
     # time in full-gallery passes (the matrix-vector products), to report THI's cost beyond them
     pass_ms = [0.0, 0]
-    similarity = index._similarity
-
-    def timed_similarity(*a, **k):
-        t = time.perf_counter()
-        try:
-            return similarity(*a, **k)
-        finally:
-            pass_ms[0] += (time.perf_counter() - t) * 1000
-            pass_ms[1] += 1
-
-    index._similarity = timed_similarity
+    index._similarity = timed(index._similarity, pass_ms)
     graph = build_graph()
     cfg = THIConfig(policy="adaptive")
     resources = register(index=index, mllm=mllm)
@@ -279,7 +272,7 @@ def probe(args) -> dict:
         base_pass_ms = pass_ms[0]
         mllm.clear_cache()
         calls0 = mllm.stats.total_calls
-        recogniser_ms[0] = 0.0
+        recogniser_ms[:] = [0.0, 0]
         pass_ms[:] = [0.0, 0]
         t0 = time.perf_counter()
         graph.invoke({"query": text}, context=ctx, config={"recursion_limit": recursion_limit(cfg)})
@@ -527,7 +520,7 @@ def pass_costs(args) -> dict:
     m = min(SHORTLIST, n)
     best = np.partition(x @ q, n - m)[n - m]
     need = np.flatnonzero((means @ q + np.linalg.norm(q) * radius >= best) & nonempty)
-    rows = np.sort(np.concatenate([order[starts[c]:starts[c] + counts[c]] for c in need]))
+    rows = np.sort(np.concatenate([order[starts[j]:starts[j] + counts[j]] for j in need]))
     with threadpool_limits(1):
         out["gathered_rows"] = int(len(rows))
         out["gathered_ms"] = p50(lambda: x[rows] @ q)
