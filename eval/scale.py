@@ -432,16 +432,11 @@ def pass_costs(args) -> dict:
     from graphs.demo import open_gallery
     from graphs.thi.scoring import SHORTLIST
     from tools.embedder import Embedder
-    from tools.gallery import Gallery, GalleryError
+    from tools.gallery import Gallery
 
-    grown = f"no grown gallery in {args.root}: grow one first (python -m eval.scale --sizes SIZE --root {args.root})"
-    if not (Path(args.root) / "chroma.sqlite3").is_file():  # not a Chroma folder: do not make one
-        raise GalleryError(grown)
     embedder = Embedder(args.model, device="cpu")
-    try:
-        gallery = Gallery.open(IMAGE_SET, embedder, data_dir=args.root, create=False)
-    except GalleryError:
-        raise GalleryError(grown) from None
+    gallery = Gallery.open(IMAGE_SET, embedder, data_dir=args.root, create=False,
+                           index_command=f"python -m eval.scale --sizes SIZE --root {args.root} (it grows one)")
     x = np.array(gallery.snapshot().features["bge"], dtype=np.float32)  # a writable copy torch can wrap
     n, d = x.shape
     _, folder = open_gallery(args.base, embedder, "test", progress=False)

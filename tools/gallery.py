@@ -211,6 +211,10 @@ def warn_approximate() -> None:
                     "see docs/results.md, Gallery scale)")
 
 
+#: The file a local Chroma folder keeps its database in (chromadb's PersistentClient).
+CHROMA_DB = "chroma.sqlite3"
+
+
 class _Changed(Exception):
     """The collection changed while it was being copied."""
 
@@ -248,6 +252,11 @@ class Gallery:
             GalleryError: not indexed with this model (``create=False``), being indexed by another
                 process, or the store cannot be reached.
         """
+        if not create and not url:  # reading a local folder: never leave an empty Chroma database behind
+            folder = Path(data_dir) if data_dir else default_home() / "chroma"
+            if not (folder / CHROMA_DB).is_file():
+                raise GalleryError(f"gallery {image_set!r} is not indexed with model {embedder.name} (no Chroma "
+                                   f"database in {folder}); index it with: {index_command}")
         store = store_for(data_dir, url, default_home() / "chroma")
         name = collection_name(image_set, embedder.name, embedder.fingerprint)
         meta = {"image_set": image_set, "model": embedder.name, "fingerprint": embedder.fingerprint, "dim": embedder.dim}
