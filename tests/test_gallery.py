@@ -104,8 +104,10 @@ def test_bad_galleries_give_clear_errors(tmp_path, tiny):
         folder_items(tmp_path / "nowhere")
     with pytest.raises(GalleryError, match="not indexed with model .*index it with"):
         Gallery.open("never-indexed", tiny, data_dir=tmp_path, create=False)
-    with pytest.raises(GalleryError, match="no Chroma database in .*index it with: python -m tools.gallery index DIR"):
+    with pytest.raises(GalleryError, match="no folder .*index it with: python -m tools.gallery index DIR"):
         Gallery.open("never-indexed", tiny, data_dir=tmp_path / "no-db", create=False)
+    with pytest.raises(GalleryError, match="no Chroma database in .*index it with: python -m tools.gallery index DIR"):
+        Gallery.open("never-indexed", tiny, data_dir=tmp_path, create=False)
     assert not (tmp_path / "no-db").exists() and not (tmp_path / "chroma.sqlite3").exists()  # reading made nothing
     Gallery.open("made", tiny, data_dir=tmp_path / "db")  # a folder with a database: the collection is looked up
     with pytest.raises(GalleryError, match="not indexed with model"):

@@ -252,11 +252,11 @@ class Gallery:
             GalleryError: not indexed with this model (``create=False``), being indexed by another
                 process, or the store cannot be reached.
         """
-        if not create and not url:  # reading a local folder: never leave an empty Chroma database behind
+        if not create and not url:  # reading a local folder: never leave a folder or an empty database behind
             folder = Path(data_dir) if data_dir else default_home() / "chroma"
-            if not (folder / CHROMA_DB).is_file():
-                raise GalleryError(f"gallery {image_set!r} is not indexed with model {embedder.name} (no Chroma "
-                                   f"database in {folder}); index it with: {index_command}")
+            if not folder.is_dir():
+                raise GalleryError(f"gallery {image_set!r} is not indexed with model {embedder.name} (no folder "
+                                   f"{folder}); index it with: {index_command}")
         store = store_for(data_dir, url, default_home() / "chroma")
         name = collection_name(image_set, embedder.name, embedder.fingerprint)
         meta = {"image_set": image_set, "model": embedder.name, "fingerprint": embedder.fingerprint, "dim": embedder.dim}
@@ -266,6 +266,11 @@ class Gallery:
                         "dim": embedder.tse_dim, "ratio": embedder.tse.ratio}
             tse_name = collection_name(image_set, embedder.name, f"{embedder.fingerprint}|tse{embedder.tse.ratio}") + "--tse"
         gallery = cls(store, name, tse_name, image_set, lock_timeout)
+        if not create and store.local:
+            with store.lock.hold("reading", lock_timeout):  # waits for a writer like any read (GalleryBusy)
+                has_database = (store.folder / CHROMA_DB).is_file()
+            if not has_database:
+                gallery._not_indexed(True, embedder, index_command, no_database=True)
         wanted = [(name, meta, True)] + ([(tse_name, tse_meta, False)] if tse_name else [])
         with store.session(timeout=lock_timeout) as client:
             missing = [w for w in wanted if not cls._exists(client, w[0])]
@@ -291,11 +296,14 @@ class Gallery:
         except Exception:
             return False
 
-    def _not_indexed(self, main: bool, embedder: Embedder, index_command: str) -> None:
+    def _not_indexed(self, main: bool, embedder: Embedder, index_command: str, no_database: bool = False) -> None:
         busy = self.store.busy()
         if busy:
             raise GalleryError(f"gallery {self.image_set!r} is being indexed by another process ({busy}); try again "
                                f"when it has finished")
+        if no_database:  # a local folder without a Chroma database: nothing to list (a session would make one)
+            raise GalleryError(f"gallery {self.image_set!r} is not indexed with model {embedder.name} (no Chroma "
+                               f"database in {self.store.folder}); index it with: {index_command}")
         if not main:
             raise GalleryError(f"gallery {self.image_set!r} has no TSE embeddings for model {embedder.name}; index it "
                                f"again (resumable): {index_command}")
